@@ -1,0 +1,36 @@
+# lra: set-up, tests and the CPU demo. `make install` is idempotent; the other targets call it.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo lint format clean
+
+install: $(STAMP)
+
+# torch goes in first, pinned: an unpinned torch pulls GBs of CUDA wheels on a CPU machine.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	WANDB_MODE=offline $(BIN)/python -m pytest -q tests
+
+demo: install
+	WANDB_MODE=offline $(BIN)/python -m lra.train experiment=demo
+
+lint: install
+	$(BIN)/ruff format --check lra tests
+	$(BIN)/ruff check lra tests
+
+format: install
+	$(BIN)/ruff format lra tests
+	$(BIN)/ruff check --fix lra tests
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,21 @@
+"""OmegaConf resolvers, so derived values are computed from code, never typed twice."""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from lra.registry import TASKS
+
+
+def register_resolvers() -> None:
+    """`${lra.vocab_size:listops}`, `${lra.num_classes:listops}`: read from the task's DataModule."""
+    resolvers = {
+        "lra.vocab_size": lambda family: TASKS.get(family).vocab_size,
+        "lra.num_classes": lambda family: TASKS.get(family).num_classes,
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+register_resolvers()

@@ -1,0 +1,39 @@
+"""Printing for people: the resolved config as a Rich tree, the run's summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from rich import print as rprint
+from rich.syntax import Syntax
+from rich.tree import Tree
+
+ORDER = ("task", "model", "trainer", "logger", "paths")
+
+
+def print_config_tree(cfg: DictConfig) -> None:
+    tree = Tree("config", guide_style="dim")
+    keys = [k for k in ORDER if k in cfg] + [k for k in cfg if k not in ORDER]
+    for key in keys:
+        branch = tree.add(f"[bold]{key}")
+        value = cfg[key]
+        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        branch.add(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
+    rprint(tree)
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:.2f}%"
+
+    rprint(
+        f"[bold]{results['run_name']}[/bold]: "
+        f"test accuracy {pct(results['test_acc'])}, "
+        f"majority-class rate of the test split {pct(results['test_majority_rate'])}, "
+        f"best val accuracy {pct(results['val_acc_best'])}, "
+        f"{results['steps']} steps in {results['fit_seconds']:.0f} s "
+        f"({results['train_tokens_per_s']:.0f} train tokens/s), "
+        f"{results['params']['total']:,} parameters ({results['params']['mixer']:,} in mixers)\n"
+        f"results: {results['run_dir']}/results.json"
+    )

@@ -1,0 +1,1 @@
+"""Models: the shared encoder (`encoder.py`), the heads (`heads.py`) and the token mixers."""

@@ -1,0 +1,45 @@
+"""Softmax multi-head attention (Vaswani et al. 2017), the reference mixer.
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d_head) + mask) V
+
+Runs through `F.scaled_dot_product_attention`, which picks the flash or memory-efficient kernel
+on GPU; padding keys are masked out.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lra.registry import MIXERS
+
+
+@MIXERS.register("baseline")
+class SoftmaxAttention(nn.Module):
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        qkv_dim: int,
+        attn_dropout: float = 0.0,
+        max_len: int | None = None,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if qkv_dim % num_heads:
+            raise ValueError(f"qkv_dim={qkv_dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(d_model, 3 * qkv_dim, bias=bias)
+        self.out = nn.Linear(qkv_dim, d_model, bias=bias)
+        self.attn_dropout = attn_dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, n, _ = x.shape
+        # q, k, v: [B, h, n, d_head]
+        q, k, v = self.qkv(x).view(B, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        keep = mask[:, None, None, :]  # [B, 1, 1, n]: True = attend to this key
+        o = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=keep, dropout_p=self.attn_dropout if self.training else 0.0
+        )
+        return self.out(o.transpose(1, 2).reshape(B, n, -1))

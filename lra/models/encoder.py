@@ -1,0 +1,130 @@
+"""The shared encoder: one code path for every backbone; only the token mixer differs.
+
+tokens [B, n] -> embed + positions -> (CLS) -> N x pre-LN [mixer + MLP(GELU)] -> LN -> pool [B, D]
+
+Token id 0 is padding: it is masked in every mixer and excluded from mean pooling.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from lra.registry import MIXERS
+
+PAD_ID = 0
+
+
+def sinusoidal_table(n: int, d: int) -> torch.Tensor:
+    """PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(...); shape [n, d]."""
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
+    table = torch.zeros(n, d)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : d // 2]
+    return table
+
+
+class MLP(nn.Sequential):
+    def __init__(self, d_model: int, mlp_dim: int, dropout: float) -> None:
+        super().__init__(
+            nn.Linear(d_model, mlp_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_dim, d_model)
+        )
+
+
+class Block(nn.Module):
+    """x = x + drop(mixer(LN(x))); x = x + drop(MLP(LN(x)))."""
+
+    def __init__(self, mixer: nn.Module, d_model: int, mlp_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.mixer = mixer
+        self.norm2 = nn.LayerNorm(d_model)
+        self.mlp = MLP(d_model, mlp_dim, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.mixer(self.norm1(x), mask))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class Encoder(nn.Module):
+    """Maps token ids [B, n] to one pooled vector per sequence [B, d_model]."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        max_len: int,
+        d_model: int,
+        num_layers: int,
+        num_heads: int,
+        qkv_dim: int,
+        mlp_dim: int,
+        dropout: float,
+        attn_dropout: float,
+        pos_emb: str,
+        pooling: str,
+        mixer: str,
+        mixer_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if pos_emb not in ("sinusoidal", "learned", "none"):
+            raise ValueError(f"pos_emb must be sinusoidal, learned or none, not '{pos_emb}'")
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be cls or mean, not '{pooling}'")
+        self.max_len = max_len
+        self.pooling = pooling
+        self.embed = nn.Embedding(vocab_size, d_model, padding_idx=PAD_ID)
+        if pos_emb == "learned":
+            self.pos = nn.Parameter(torch.randn(max_len, d_model) * 0.02)
+        elif pos_emb == "sinusoidal":
+            self.register_buffer("pos", sinusoidal_table(max_len, d_model), persistent=False)
+        else:
+            self.pos = None
+        self.cls = nn.Parameter(torch.randn(1, 1, d_model) * 0.02) if pooling == "cls" else None
+        self.drop = nn.Dropout(dropout)
+        mixer_cls = MIXERS.get(mixer)
+        seq_len = max_len + (pooling == "cls")
+        self.blocks = nn.ModuleList(
+            Block(
+                mixer_cls(
+                    d_model=d_model,
+                    num_heads=num_heads,
+                    qkv_dim=qkv_dim,
+                    attn_dropout=attn_dropout,
+                    max_len=seq_len,
+                    **(mixer_options or {}),
+                ),
+                d_model,
+                mlp_dim,
+                dropout,
+            )
+            for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(d_model)
+
+    def mixers(self) -> list[nn.Module]:
+        return [block.mixer for block in self.blocks]
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        B, n = tokens.shape
+        if n > self.max_len:
+            raise ValueError(f"sequence of {n} tokens exceeds the encoder's max_len={self.max_len}")
+        mask = tokens != PAD_ID  # [B, n]
+        x = self.embed(tokens)  # [B, n, D]
+        if self.pos is not None:
+            x = x + self.pos[:n]
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(B, -1, -1), x], dim=1)
+            mask = torch.cat([mask.new_ones(B, 1), mask], dim=1)
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, mask)
+        x = self.norm(x)
+        if self.pooling == "cls":
+            return x[:, 0]
+        m = mask.unsqueeze(-1).to(x.dtype)
+        return (x * m).sum(1) / m.sum(1).clamp_min(1.0)

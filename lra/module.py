@@ -1,0 +1,75 @@
+"""The LightningModule: cross-entropy, accuracy metrics, AdamW with LRA's schedules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MaxMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from lra.schedules import schedule
+
+
+class LRAClassifier(pl.LightningModule):
+    """Trains any `net(batch) -> logits`; `optim` is the task's optimisation block."""
+
+    def __init__(self, net: nn.Module, num_classes: int, optim: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.optim = optim
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.net(batch)
+
+    def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self(batch)
+        return F.cross_entropy(logits, batch["label"]), logits.argmax(-1)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, preds = self._step(batch)
+        self.train_acc(preds, batch["label"])
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", self.train_acc, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, preds = self._step(batch)
+        self.val_acc(preds, batch["label"])
+        self.log("val/loss", loss, sync_dist=True)
+        self.log("val/acc", self.val_acc, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, preds = self._step(batch)
+        self.test_acc(preds, batch["label"])
+        self.log("test/loss", loss, sync_dist=True)
+        self.log("test/acc", self.test_acc)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.optim
+        opt = torch.optim.AdamW(
+            self.parameters(),
+            lr=o["lr"],
+            betas=tuple(o["betas"]),
+            eps=o["eps"],
+            weight_decay=o["weight_decay"],
+        )
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else o["max_steps"]
+        factor = schedule(o["schedule"], o["warmup_steps"], total)
+        # LambdaLR counts from 0 before the first update; LRA's formulas count updates from 1.
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: factor(i + 1))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

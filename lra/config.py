@@ -8,7 +8,7 @@ from lra.registry import TASKS
 
 
 def register_resolvers() -> None:
-    """`${lra.vocab_size:listops}`, `${lra.num_classes:listops}`: read from the task's DataModule."""
+    """`${lra.vocab_size:listops}`, `${lra.num_classes:listops}`, read from the DataModule."""
     resolvers = {
         "lra.vocab_size": lambda family: TASKS.get(family).vocab_size,
         "lra.num_classes": lambda family: TASKS.get(family).num_classes,

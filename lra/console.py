@@ -18,7 +18,9 @@ def print_config_tree(cfg: DictConfig) -> None:
     for key in keys:
         branch = tree.add(f"[bold]{key}")
         value = cfg[key]
-        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        text = (
+            OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        )
         branch.add(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
     rprint(tree)
 

@@ -19,7 +19,8 @@ class LRAClassifier(pl.LightningModule):
 
     def __init__(self, net: nn.Module, num_classes: int, optim: dict[str, Any]) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net"])
+        # The run logs its whole resolved config itself; the checkpoint keeps these for reloading.
+        self.save_hyperparameters(ignore=["net"], logger=False)
         self.net = net
         self.optim = optim
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")

@@ -63,18 +63,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     params = count_parameters(module.net)
     config = OmegaConf.to_container(cfg, resolve=True)
 
-    checkpoint = ModelCheckpoint(
+    best = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best-step{step}",
         monitor="val/acc",
         mode="max",
-        save_last=True,
         auto_insert_metric_name=False,
+    )
+    # last.ckpt on its own clock: Lightning refreshes `save_last` only when a best is saved.
+    last = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        save_top_k=0,
+        save_last=True,
+        every_n_train_steps=cfg.checkpoint_every_n_steps,
     )
     throughput = TokenThroughput()
     loggers = build_loggers(cfg, run_dir)
     log_run_facts(loggers, config, params)
-    callbacks: list[pl.Callback] = [checkpoint, throughput, RichProgressBar()]
+    callbacks: list[pl.Callback] = [best, last, throughput]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(RichProgressBar())
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer: pl.Trainer = hydra.utils.instantiate(
@@ -88,7 +96,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     test_acc, tested = None, None
     if cfg.get("test", True):
-        tested = checkpoint.best_model_path or None
+        tested = best.best_model_path or None
         if tested is None:
             log.warning("no best checkpoint (no validation ran): testing the final weights")
         metrics = trainer.test(module, datamodule=datamodule, ckpt_path=tested, weights_only=False)

@@ -210,8 +210,11 @@ class ListOpsDataModule(LRADataModule):
                 "your LRA release"
             )
         log.info("ListOps files missing in %s: generating them (seed %d)", self.dir, self.gen_seed)
-        manifest = write_listops(self.dir, self.spec, self.gen_seed)
+        manifest = self.generate_files()
         log.info("generated ListOps in %.1f s", manifest["seconds"])
+
+    def generate_files(self) -> dict[str, Any]:
+        return write_listops(self.dir, self.spec, self.gen_seed)
 
     def read_split(self, split: str) -> Iterator[tuple[np.ndarray, int]]:
         for ids, label in read_tsv(self.raw_files()[split]):

@@ -1,0 +1,68 @@
+"""Shared helpers: run the real CLI on tiny generated ListOps, in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# listops_small made tiny: a few hundred examples, a 2-layer width-32 encoder, a few steps.
+TINY = [
+    "task=listops_small",
+    "task.data.generator.num_train=256",
+    "task.data.generator.num_val=64",
+    "task.data.generator.num_test=64",
+    "task.data.num_workers=0",
+    "task.encoder.d_model=32",
+    "task.encoder.qkv_dim=32",
+    "task.encoder.mlp_dim=64",
+    "task.optim.batch_size=16",
+    "trainer=cpu",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+]
+
+
+class CLI:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data_dir = root / "data"
+
+    def run(
+        self, *overrides: str, run_dir: str = "run", tiny: bool = True, module: str = "lra.train"
+    ):
+        args = [sys.executable, "-m", module]
+        if module == "lra.train":
+            args += [*(TINY if tiny else []), f"paths.data_dir={self.data_dir}"]
+            args += [
+                f"paths.log_dir={self.root / 'outputs'}",
+                f"hydra.run.dir={self.root / run_dir}",
+            ]
+        args += list(overrides)
+        env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONHASHSEED": "0"}
+        return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+    def results(self, run_dir: str = "run") -> dict[str, Any]:
+        return json.loads((self.root / run_dir / "results.json").read_text())
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> CLI:
+    return CLI(tmp_path)
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    )
+    return proc

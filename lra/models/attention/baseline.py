@@ -2,16 +2,16 @@
 
     Attention(Q, K, V) = softmax(Q K^T / sqrt(d_head) + mask) V
 
-Runs through `F.scaled_dot_product_attention`, which picks the flash or memory-efficient kernel
-on GPU; padding keys are masked out.
+Runs through `F.scaled_dot_product_attention` (flash or memory-efficient kernels on GPU; see
+`lra.models.sdpa` for CPU with dropout); padding keys are masked out.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from lra.models.sdpa import attend
 from lra.registry import MIXERS
 
 
@@ -39,7 +39,5 @@ class SoftmaxAttention(nn.Module):
         # q, k, v: [B, h, n, d_head]
         q, k, v = self.qkv(x).view(B, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         keep = mask[:, None, None, :]  # [B, 1, 1, n]: True = attend to this key
-        o = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=keep, dropout_p=self.attn_dropout if self.training else 0.0
-        )
+        o = attend(q, k, v, attn_mask=keep, dropout_p=self.attn_dropout if self.training else 0.0)
         return self.out(o.transpose(1, 2).reshape(B, n, -1))

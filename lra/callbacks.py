@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 
 from lra.models.encoder import PAD_ID
 
@@ -31,3 +32,20 @@ class TokenThroughput(pl.Callback):
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
+
+
+class StepSeed(pl.Callback):
+    """Reseed torch before every training step from (seed, rank, step).
+
+    Dropout masks then depend on where training is, not on how it got there: a run resumed from
+    a checkpoint draws exactly the masks the uninterrupted run drew (validation, data-loader
+    start-up and restarts all consume the global RNG differently).
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: Any, batch: Any, idx: int) -> None:
+        torch.manual_seed(
+            (self.seed * 1_000_003 + trainer.global_rank) * 1_000_003 + trainer.global_step
+        )

@@ -14,9 +14,10 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 import lra.config  # noqa: F401  (registers the ${lra.*} resolvers)
-from lra.callbacks import TokenThroughput
+from lra.callbacks import StepSeed, TokenThroughput
 from lra.console import print_config_tree, print_summary
 from lra.data.base import LRADataModule
 from lra.io import write_json
@@ -27,6 +28,39 @@ from lra.registry import TASKS
 
 log = logging.getLogger(__name__)
 
+LAST = Path("checkpoints") / "last.ckpt"
+
+
+def device_count(devices: Any) -> int:
+    """Lightning's `devices`: an int, a list of ids, "-1"/"auto" (all visible GPUs, else 1)."""
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if isinstance(devices, list | tuple):
+        return len(devices)
+    if str(devices).isdigit() and int(devices) > 0:
+        return int(devices)
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def per_device_batch(cfg: DictConfig) -> int:
+    """The task's batch is global: split it over devices x nodes x gradient accumulation."""
+    t = cfg.trainer
+    split = (
+        device_count(t.devices)
+        * int(t.get("num_nodes", 1))
+        * int(t.get("accumulate_grad_batches", 1))
+    )
+    batch = int(cfg.task.optim.batch_size)
+    if batch % split:
+        raise ValueError(
+            f"task.optim.batch_size={batch} (the global batch) does not divide over "
+            f"trainer.devices x trainer.num_nodes x trainer.accumulate_grad_batches = {split}: "
+            f"choose a batch size that is a multiple of {split}, or other device counts"
+        )
+    return batch // split
+
 
 def build_datamodule(cfg: DictConfig) -> LRADataModule:
     data = OmegaConf.to_container(cfg.task.data, resolve=True)
@@ -34,7 +68,8 @@ def build_datamodule(cfg: DictConfig) -> LRADataModule:
         task_name=cfg.task.name,
         cache_dir=cfg.paths.cache_dir,
         max_len=cfg.task.max_len,
-        batch_size=cfg.task.optim.batch_size,
+        batch_size=per_device_batch(cfg),
+        shuffle_seed=cfg.seed,
         **data,
     )
 
@@ -50,18 +85,48 @@ def build_module(cfg: DictConfig) -> LRAClassifier:
     return LRAClassifier(net, num_classes=cfg.task.num_classes, optim=optim)
 
 
+def find_resume_dir(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """Where `resume=true` (or `ckpt_path=last`) continues from: this run directory if it has a
+    last.ckpt (a requeued job), else the newest earlier run of the same name that has one."""
+    if not (cfg.get("resume") or cfg.get("ckpt_path") == "last"):
+        return None
+    if (run_dir / LAST).exists():
+        return run_dir
+    earlier = sorted(
+        (Path(cfg.paths.log_dir) / "runs" / cfg.run_name).glob(f"*/{LAST}"),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not earlier:
+        log.warning("resume: no %s under %s yet; starting afresh", LAST, run_dir)
+        return None
+    return earlier[-1].parents[1]
+
+
+def _float(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one run; returns (and writes to run_dir/results.json) what it measured."""
     t_start = time.time()
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
-    print_config_tree(cfg)
+    if rank_zero_only.rank == 0:
+        print_config_tree(cfg)
+
+    resume_dir = find_resume_dir(cfg, run_dir)
+    ckpt_path = str(resume_dir / LAST) if resume_dir else cfg.get("ckpt_path")
+    if ckpt_path == "last":  # asked to resume, nothing to resume from
+        ckpt_path = None
+    if resume_dir:
+        log.info("resuming %s from %s", cfg.run_name, ckpt_path)
 
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
     params = count_parameters(module.net)
     config = OmegaConf.to_container(cfg, resolve=True)
+    config["per_device_batch"] = datamodule.batch_size
 
     best = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -78,9 +143,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         every_n_train_steps=cfg.checkpoint_every_n_steps,
     )
     throughput = TokenThroughput()
-    loggers = build_loggers(cfg, run_dir)
+    loggers = build_loggers(cfg, run_dir, resume_dir)
     log_run_facts(loggers, config, params)
-    callbacks: list[pl.Callback] = [best, last, throughput]
+    callbacks: list[pl.Callback] = [best, last, throughput, StepSeed(cfg.seed)]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
     if loggers:
@@ -90,17 +155,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
 
     t_fit = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.time() - t_fit
     val_best = module.val_acc_best.compute().item() if module.val_acc_best.update_called else None
 
-    test_acc, tested = None, None
+    test: dict[str, float] = {}
+    tested = None
     if cfg.get("test", True):
         tested = best.best_model_path or None
         if tested is None:
             log.warning("no best checkpoint (no validation ran): testing the final weights")
-        metrics = trainer.test(module, datamodule=datamodule, ckpt_path=tested, weights_only=False)
-        test_acc = metrics[0]["test/acc"]
+        test = trainer.test(module, datamodule=datamodule, ckpt_path=tested, weights_only=False)[0]
 
     results = {
         "run_name": cfg.run_name,
@@ -110,10 +175,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "params": params,
         "val_acc_best": val_best,
-        "test_acc": test_acc,
+        "val_loss": _float(trainer.callback_metrics.get("val/loss")),
+        "test_acc": test.get("test/acc"),
+        "test_loss": test.get("test/loss"),
         "test_checkpoint": tested,
         "test_majority_rate": datamodule.majority_rate("test"),
         "steps": trainer.global_step,
+        "resumed_from": ckpt_path,
         "fit_seconds": fit_seconds,
         "wall_seconds": time.time() - t_start,
         "train_tokens_per_s": throughput.tokens_per_s,

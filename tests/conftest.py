@@ -39,9 +39,15 @@ class CLI:
         self.data_dir = root / "data"
 
     def run(
-        self, *overrides: str, run_dir: str = "run", tiny: bool = True, module: str = "lra.train"
-    ):
-        args = [sys.executable, "-m", module]
+        self,
+        *overrides: str,
+        run_dir: str = "run",
+        tiny: bool = True,
+        module: str = "lra.train",
+        flags: tuple[str, ...] = (),
+    ) -> subprocess.CompletedProcess:
+        """`python -m module [flags] [tiny overrides, paths] overrides` in the repository root."""
+        args = [sys.executable, "-m", module, *flags]
         if module == "lra.train":
             args += [*(TINY if tiny else []), f"paths.data_dir={self.data_dir}"]
             args += [

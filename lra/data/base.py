@@ -19,7 +19,8 @@ import datasets
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lra.io import atomic_path
 
@@ -44,6 +45,7 @@ class LRADataModule(pl.LightningDataModule):
         batch_size: int,
         num_workers: int = 0,
         pad_to: str = "max_len",
+        shuffle_seed: int = 0,
     ) -> None:
         super().__init__()
         if pad_to not in ("max_len", "batch"):
@@ -54,6 +56,7 @@ class LRADataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pad_to = pad_to
+        self.shuffle_seed = shuffle_seed
         self.splits: dict[str, datasets.Dataset] = {}
 
     # --- what a task provides -------------------------------------------------------------
@@ -128,22 +131,35 @@ class LRADataModule(pl.LightningDataModule):
         labels = np.asarray([r["label"] for r in rows], dtype=np.int64)
         return {"input_ids": torch.from_numpy(ids), "label": torch.from_numpy(labels)}
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
+    def _loader(self, split: str, shuffle: bool) -> StatefulDataLoader:
+        # Stateful: Lightning saves the loader's position in each checkpoint. Training order is
+        # a function of (seed, epoch) alone (DistributedSampler.set_epoch, called by Lightning),
+        # so a resumed run sees exactly the batches the uninterrupted run would have seen.
+        sampler = None
+        if shuffle:
+            trainer = getattr(self, "trainer", None)
+            sampler = DistributedSampler(
+                self.splits[split],
+                num_replicas=trainer.world_size if trainer else 1,
+                rank=trainer.global_rank if trainer else 0,
+                shuffle=True,
+                seed=self.shuffle_seed,
+            )
+        return StatefulDataLoader(
             self.splits[split],
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=self.collate,
             drop_last=shuffle,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> StatefulDataLoader:
         return self._loader("val", shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> StatefulDataLoader:
         return self._loader("test", shuffle=False)

@@ -1,0 +1,138 @@
+"""Scale-out and sweeps through the real CLI: DDP on 2 CPU processes, multiruns, Optuna,
+SIGKILL then resume, and the SLURM launcher's composed settings."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import CLI, TINY, ok
+from omegaconf import OmegaConf
+from wandb_records import read_offline_run
+
+from lra.train import per_device_batch
+
+
+def test_ddp_sim_trains_and_tests_and_only_rank_zero_writes(cli: CLI) -> None:
+    proc = ok(cli.run("trainer=ddp_sim"))
+    out = proc.stdout + proc.stderr
+    assert out.count("results: ") == 1, "one summary, from rank 0"
+    r = cli.results()
+    assert r["steps"] == 4 and r["test_acc"] is not None
+    assert r["config"]["trainer"]["strategy"] == "ddp" and r["config"]["trainer"]["devices"] == 2
+    assert r["config"]["per_device_batch"] == 8, "global batch 16 over 2 processes"
+    assert list((cli.root / "run").glob("**/results.json")) == [cli.root / "run" / "results.json"]
+    assert len(list((cli.root / "run" / "wandb").glob("offline-run-*"))) == 1
+
+
+def test_global_batch_must_divide_over_devices_nodes_and_accumulation() -> None:
+    cfg = OmegaConf.create(
+        {"task": {"optim": {"batch_size": 32}},
+         "trainer": {"devices": 2, "num_nodes": 2, "accumulate_grad_batches": 2}}
+    )  # fmt: skip
+    assert per_device_batch(cfg) == 4
+    cfg.trainer.devices = 3
+    with pytest.raises(ValueError, match="batch_size=32 .* does not divide .* = 12"):
+        per_device_batch(cfg)
+
+
+def test_a_2x2_multirun_gives_4_runs_in_one_wandb_group(cli: CLI) -> None:
+    sweep = cli.root / "sweep"
+    ok(cli.run("seed=0,1", "task.optim.lr=0.001,0.002", f"hydra.sweep.dir={sweep}", flags=("-m",)))
+    results = sorted(sweep.glob("*/results.json"))
+    assert len(results) == 4
+    configs = {
+        (
+            json.loads(p.read_text())["seed"],
+            json.loads(p.read_text())["config"]["task"]["optim"]["lr"],
+        )
+        for p in results
+    }  # noqa: E501
+    assert configs == {(0, 0.001), (0, 0.002), (1, 0.001), (1, 0.002)}
+    runs = [read_offline_run(d) for d in sweep.glob("*/wandb/offline-run-*")]
+    assert len(runs) == 4 and len({run["id"] for run in runs}) == 4
+    assert {run["group"] for run in runs} == {"sweep"}, "the sweep's name groups its runs"
+    assert all(run["job_type"] == "train" and "listops_small" in run["tags"] for run in runs)
+
+
+def test_optuna_sweep_of_two_trials_reports_the_best_value(cli: CLI) -> None:
+    sweep = cli.root / "optuna"
+    ok(cli.run("hparams_search=optuna", "hydra.sweeper.n_trials=2", "logger=csv",
+               f"hydra.sweep.dir={sweep}"))  # fmt: skip
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    trials = [json.loads(p.read_text())["val_acc_best"] for p in sweep.glob("*/results.json")]
+    assert len(trials) == 2
+    assert best["best_value"] == pytest.approx(max(trials))
+    assert set(best["best_params"]) == {
+        "task.optim.lr",
+        "task.optim.weight_decay",
+        "task.encoder.dropout",
+    }
+
+
+RESUMABLE = [
+    "trainer.max_steps=60",
+    "trainer.val_check_interval=20",
+    "checkpoint_every_n_steps=5",
+    "task.encoder.dropout=0.1",  # dropout masks must be reproduced after the resume too
+    "task.encoder.attn_dropout=0.1",
+]
+
+
+def command(cli: CLI, run_dir: str, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "lra.train", *TINY, *RESUMABLE, *extra,
+        f"paths.data_dir={cli.data_dir}", f"hydra.run.dir={cli.root / run_dir}",
+    ]  # fmt: skip
+
+
+def test_sigkill_then_resume_reaches_exactly_the_uninterrupted_metrics(cli: CLI) -> None:
+    ok(cli.run(*RESUMABLE, run_dir="straight"))  # also generates the data for the next run
+    straight = cli.results("straight")
+
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen(command(cli, "killed"), cwd=Path(__file__).parents[1], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    last = cli.root / "killed" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "killed mid-training, not finished"
+    assert not (cli.root / "killed" / "results.json").exists()
+
+    ok(cli.run(*RESUMABLE, "resume=true", run_dir="killed"))
+    resumed = cli.results("killed")
+    assert resumed["resumed_from"] == str(last)
+    for key in ("steps", "val_acc_best", "val_loss", "test_acc", "test_loss"):
+        assert resumed[key] == straight[key], key
+
+    runs = sorted((cli.root / "killed" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and runs[0].name.split("-")[-1] == runs[1].name.split("-")[-1]
+    assert read_offline_run(runs[1])["id"] == (cli.root / "killed" / "wandb_id").read_text().strip()
+
+
+def test_slurm_launcher_composes_with_one_task_per_gpu(cli: CLI) -> None:
+    proc = ok(cli.run("hydra/launcher=slurm", "trainer=slurm", "trainer.devices=4",
+                      "trainer.num_nodes=2", "hydra.launcher.partition=gpu",
+                      flags=("--cfg", "all", "--resolve"), tiny=False))  # fmt: skip
+    cfg = yaml.safe_load(proc.stdout)
+    launcher = cfg["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher["nodes"], launcher["gpus_per_node"], launcher["tasks_per_node"]) == (2, 4, 4)
+    assert launcher["partition"] == "gpu" and launcher["signal_delay_s"] > 0
+    assert launcher["max_num_timeout"] > 0
+    assert cfg["trainer"]["strategy"] == "ddp" and cfg["trainer"]["num_nodes"] == 2
+    assert cfg["trainer"]["plugins"][0]["requeue_signal"] == "SIGUSR2"
+
+    from lra.cluster import slurm_environment
+
+    env = slurm_environment("SIGUSR2")
+    assert env.auto_requeue and env.requeue_signal == signal.SIGUSR2

@@ -1,0 +1,79 @@
+"""`python -m lra.report` on hand-made results.json files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from conftest import CLI, ok
+
+ACC = {  # (task, model) -> test accuracies over seeds 0, 1, 2
+    ("listops", "baseline"): [0.36, 0.38, 0.37],
+    ("listops", "igloo"): [0.40, 0.35],
+    ("text", "baseline"): [0.64, 0.66, 0.61],
+    ("retrieval", "baseline"): [0.57],
+    ("image", "baseline"): [0.42, 0.43],
+    ("pathfinder", "baseline"): [0.71, 0.72],
+    ("pathx", "baseline"): [0.50],
+}
+
+
+def write_runs(root: Path) -> None:
+    for (task, model), accs in ACC.items():
+        for seed, acc in enumerate(accs):
+            d = root / "multiruns" / "sweep" / f"{task}-{model}-s{seed}"
+            d.mkdir(parents=True)
+            results = {"task": task, "model": model, "seed": seed, "test_acc": acc,
+                       "params": {"total": 1000 + len(task), "mixer": 10}}  # fmt: skip
+            (d / "results.json").write_text(json.dumps(results))
+    crashed = root / "runs" / "text-igloo-s0" / "t0"
+    crashed.mkdir(parents=True)
+    (crashed / "results.json").write_text(
+        json.dumps({"task": "text", "model": "igloo", "seed": 0, "test_acc": None, "params": {}})
+    )
+    killed = root / "runs" / "image-igloo-s4" / "t1"
+    (killed / ".hydra").mkdir(parents=True)
+    (killed / "checkpoints").mkdir()
+    (killed / ".hydra" / "config.yaml").write_text(
+        "task:\n  name: image\nmodel:\n  name: igloo\nseed: 4\n"
+    )
+
+
+def test_report_reproduces_means_stds_and_lists_incomplete_runs(cli: CLI, tmp_path: Path) -> None:
+    write_runs(tmp_path / "outputs")
+    out = tmp_path / "report"
+    proc = ok(cli.run(str(tmp_path / "outputs"), "--out", str(out), "--reference",
+                      module="lra.report"))  # fmt: skip
+    with open(out / "leaderboard.csv") as f:
+        rows = {(r["task"], r["model"]): r for r in csv.DictReader(f)}
+    assert set(rows) == set(ACC)
+    for key, accs in ACC.items():
+        pct = [100 * a for a in accs]
+        assert float(rows[key]["mean"]) == pytest.approx(statistics.mean(pct))
+        std = statistics.stdev(pct) if len(pct) > 1 else 0.0
+        assert float(rows[key]["std"]) == pytest.approx(std, abs=1e-6)
+        assert int(rows[key]["n"]) == len(accs)
+
+    md = (out / "leaderboard.md").read_text()
+    assert md == proc.stdout.split("wrote ")[0].rstrip("\n") + "\n"
+    five = [statistics.mean(100 * a for a in ACC[(t, "baseline")]) for t in
+            ("listops", "text", "retrieval", "image", "pathfinder")]  # fmt: skip
+    baseline_row = next(line for line in md.splitlines() if line.startswith("| baseline |"))
+    assert f"| {statistics.mean(five):.2f} |" in baseline_row, "Avg over the five tasks"
+    assert baseline_row.rstrip(" |").endswith("50.00 ± 0.00 (n=1)"), "Path-X apart, after Avg"
+    igloo_row = next(line for line in md.splitlines() if line.startswith("| igloo |"))
+    assert "37.50 ± 3.54 (n=2)" in igloo_row and "| |" in igloo_row.replace("|  |", "| |")
+    assert "S4 and later papers average six tasks" in md
+    assert "Transformer (LRA paper)" in md
+    assert "Incomplete runs (2)" in md
+    assert "text / igloo / seed 0" in md and "image / igloo / seed 4" in md
+    for png in ("accuracy.png", "accuracy_vs_params.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_on_a_missing_directory_says_which(cli: CLI, tmp_path: Path) -> None:
+    proc = cli.run(str(tmp_path / "nope"), module="lra.report")
+    assert proc.returncode == 2 and f"{tmp_path / 'nope'} not found" in proc.stderr

@@ -64,13 +64,14 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resume_dir: Path | None = None
     return loggers
 
 
-def log_run_facts(loggers: list[Logger], config: dict[str, Any], params: dict[str, int]) -> None:
+def log_run_facts(loggers: list[Logger], config: dict[str, Any], params: dict[str, Any]) -> None:
     """The resolved config and the parameter counts, in every logger (and W&B's summary)."""
     for logger in loggers:
         logger.log_hyperparams({**config, "params": params})
         if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0:
             for key, value in params.items():
-                logger.experiment.summary[f"params/{key}"] = value
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    logger.experiment.summary[f"params/{key}"] = value
 
 
 def close_wandb(failed: bool) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
@@ -24,6 +25,7 @@ from lra.io import write_json
 from lra.loggers import build_loggers, close_wandb, log_run_facts
 from lra.models.classifier import build_classifier, count_parameters
 from lra.module import LRAClassifier
+from lra.params import match_parameters
 from lra.registry import TASKS
 
 log = logging.getLogger(__name__)
@@ -74,15 +76,19 @@ def build_datamodule(cfg: DictConfig) -> LRADataModule:
     )
 
 
-def build_module(cfg: DictConfig) -> LRAClassifier:
-    net = build_classifier(
+def build_net(cfg: DictConfig) -> torch.nn.Module:
+    """The network the task trains: the task's encoder shape and head, the model's mixer."""
+    return build_classifier(
         OmegaConf.to_container(cfg.task.encoder, resolve=True),
         OmegaConf.to_container(cfg.model.mixer, resolve=True),
         vocab_size=cfg.task.vocab_size,
         num_classes=cfg.task.num_classes,
     )
+
+
+def build_module(cfg: DictConfig) -> LRAClassifier:
     optim = OmegaConf.to_container(cfg.task.optim, resolve=True)
-    return LRAClassifier(net, num_classes=cfg.task.num_classes, optim=optim)
+    return LRAClassifier(build_net(cfg), num_classes=cfg.task.num_classes, optim=optim)
 
 
 def find_resume_dir(cfg: DictConfig, run_dir: Path) -> Path | None:
@@ -122,9 +128,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if resume_dir:
         log.info("resuming %s from %s", cfg.run_name, ckpt_path)
 
+    matched = match_parameters(cfg)  # sets the model's knob in cfg to meet the task's budget
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
-    params = count_parameters(module.net)
+    params = {**matched, **count_parameters(module.net)}
     config = OmegaConf.to_container(cfg, resolve=True)
     config["per_device_batch"] = datamodule.batch_size
 

@@ -1,0 +1,213 @@
+"""Matched parameter counts: every backbone at its task's budget, by turning the model's own knob.
+
+Comparisons of token mixers are only fair at equal parameter counts (LRA allows +10% over its base
+Transformer; the IGLOO paper's figures are doubted because its counts could not be aligned). So:
+
+- the **budget** of a task is the trainable-parameter count of the `baseline` model at the task's
+  encoder shape, computed by building it (`params.budget=N` overrides it);
+- each model config names the **knob** it may turn (`match.knob`, a config path: by default the
+  MLP width `task.encoder.mlp_dim`), and the solver picks the integer value whose total is closest
+  to the budget; outside `params.tolerance` (relative, default 1%) the run stops before training;
+- `params.match=false` compares at equal dimensions instead, and says so.
+
+Counts are of what trains: every parameter with requires_grad (embeddings, mixers, MLPs, head,
+position tables), never buffers such as IGLOO's index tables.
+
+    python -m lra.params [--check] [task=NAME] [model=NAME] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+import lra.config  # noqa: F401  (resolvers)
+from lra.models.classifier import count_parameters
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+BASELINE = "baseline"
+
+
+class ParameterBudgetError(ValueError):
+    pass
+
+
+def count(cfg: DictConfig) -> dict[str, int]:
+    """Trainable parameters of the network `cfg` builds; on the meta device when it can (free)."""
+    from lra.train import build_net
+
+    try:
+        with torch.device("meta"):
+            net = build_net(cfg)
+    except Exception:  # a model that draws buffers with a CPU generator: build it for real
+        net = build_net(cfg)
+    return count_parameters(net)
+
+
+def with_model(cfg: DictConfig, model_name: str) -> DictConfig:
+    """`cfg` with `model` replaced by `conf/model/<model_name>.yaml`."""
+    other = copy.deepcopy(cfg)
+    with open_dict(other):
+        other.model = OmegaConf.load(CONF_DIR / "model" / f"{model_name}.yaml")
+    return other
+
+
+def budget(cfg: DictConfig) -> int:
+    if cfg.params.get("budget"):
+        return int(cfg.params.budget)
+    return count(with_model(cfg, BASELINE))["total"]
+
+
+def closest_value(total: Callable[[int], int], target: int, start: int) -> int:
+    """The integer v >= 1 whose total(v) is closest to target, for total non-decreasing in v."""
+    lo, hi = 1, max(2, start)
+    while total(hi) < target and hi < 1 << 24:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:  # invariant: total(lo) < target <= total(hi), unless lo == 1
+        mid = (lo + hi) // 2
+        if total(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return min((lo, hi), key=lambda v: (abs(total(v) - target), v))
+
+
+def solve(cfg: DictConfig) -> dict[str, Any]:
+    """The knob value and counts that bring `cfg`'s model closest to its task's budget."""
+    target = budget(cfg)
+    knob = cfg.model.get("match", {}).get("knob", "task.encoder.mlp_dim")
+    start = OmegaConf.select(cfg, knob)
+    if not isinstance(start, int):
+        raise ParameterBudgetError(
+            f"model '{cfg.model.name}': match.knob '{knob}' is not an integer in the config "
+            f"(found {start!r}); name an integer width in conf/model/{cfg.model.name}.yaml"
+        )
+    cache: dict[int, dict[str, int]] = {}
+
+    def counts_at(v: int) -> dict[str, int]:
+        if v not in cache:
+            trial = copy.deepcopy(cfg)
+            OmegaConf.update(trial, knob, v, merge=False)
+            cache[v] = count(trial)
+        return cache[v]
+
+    value = closest_value(lambda v: counts_at(v)["total"], target, start)
+    counts = counts_at(value)
+    return {
+        "match": True,
+        "budget": target,
+        "knob": knob,
+        "value": value,
+        "total": counts["total"],
+        "mixer": counts["mixer"],
+        "deviation": (counts["total"] - target) / target,
+    }
+
+
+def match_parameters(cfg: DictConfig) -> dict[str, Any]:
+    """Set the model's knob in `cfg` so it meets the budget; returns the facts for the record."""
+    if not cfg.params.match:
+        counts = count(cfg)
+        target = budget(cfg)
+        log.warning(
+            "params.match=false: comparing at equal dimensions, %s has %d parameters (budget %d)",
+            cfg.model.name, counts["total"], target,
+        )  # fmt: skip
+        return {"match": False, "budget": target, "knob": None, "value": None, **counts,
+                "deviation": (counts["total"] - target) / target}  # fmt: skip
+    facts = solve(cfg)
+    if abs(facts["deviation"]) > cfg.params.tolerance:
+        raise ParameterBudgetError(
+            f"model={cfg.model.name} task={cfg.task.name}: the closest reachable total is "
+            f"{facts['total']:,} parameters with {facts['knob']}={facts['value']}, "
+            f"{100 * facts['deviation']:+.2f}% from the budget {facts['budget']:,} (tolerance "
+            f"{100 * cfg.params.tolerance:g}%). Widen params.tolerance, set params.budget, choose "
+            f"another match.knob in conf/model/{cfg.model.name}.yaml, or params.match=false"
+        )
+    OmegaConf.update(cfg, facts["knob"], facts["value"], merge=False)
+    log.info(
+        "matched %s to the %s budget %d: %s=%d gives %d (%+.2f%%)", cfg.model.name,
+        cfg.task.name, facts["budget"], facts["knob"], facts["value"], facts["total"],
+        100 * facts["deviation"],
+    )  # fmt: skip
+    return facts
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def configs(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = "| task | model | budget | total | deviation | knob = value | mixer share |"
+    lines = [head, "|---|---|---:|---:|---:|---|---:|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['task']} | {r['model']} | | | | {r['error']} | |")
+            continue
+        knob = f"`{r['knob']}` = {r['value']}" if r["knob"] else "(equal dimensions)"
+        lines.append(
+            f"| {r['task']} | {r['model']} | {r['budget']:,} | {r['total']:,} | "
+            f"{100 * r['deviation']:+.2f}% | {knob} | {100 * r['mixer'] / r['total']:.1f}% |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m lra.params",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--check", action="store_true", help="exit 1 if any is off tolerance")
+    parser.add_argument("overrides", nargs="*", help="task=NAME model=NAME params.tolerance=..")
+    args = parser.parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+
+    picked = {k: v for k, v in (o.split("=", 1) for o in args.overrides if "=" in o)}
+    tasks = (
+        [picked["task"]]
+        if "task" in picked
+        else sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
+    )
+    models = (
+        [picked["model"]]
+        if "model" in picked
+        else sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+    )
+    rest = [o for o in args.overrides if o.split("=", 1)[0] not in ("task", "model")]
+    rows, bad = [], 0
+    for task in tasks:
+        for model in models:
+            try:
+                cfg = compose([f"task={task}", f"model={model}", *rest])
+                facts = match_parameters(cfg)
+                rows.append({"task": task, "model": model, **facts})
+            except ParameterBudgetError as e:
+                bad += 1
+                rows.append({"task": task, "model": model, "error": str(e)})
+    print(table(rows))
+    if bad:
+        print(f"\n{bad} combination(s) outside tolerance", file=sys.stderr)
+    return 1 if (bad and args.check) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Matched parameter counts: the solver, the budget errors, and the counts of a real run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import CLI, ok
+from omegaconf import OmegaConf
+
+from lra.params import ParameterBudgetError, closest_value, compose, configs, match_parameters
+from lra.train import build_net
+
+
+def test_closest_value_finds_the_nearest_total() -> None:
+    total = lambda v: 1000 + 37 * v  # noqa: E731
+    assert closest_value(total, 1000 + 37 * 50 + 10, start=8) == 50
+    assert closest_value(total, 1000 + 37 * 50 + 30, start=8) == 51
+    assert closest_value(total, 10, start=8) == 1, "below every reachable total: the smallest"
+
+
+def test_every_task_and_model_is_within_tolerance(cli: CLI) -> None:
+    proc = ok(cli.run("--check", module="lra.params"))
+    rows = [
+        line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line
+    ]
+    pairs = {tuple(cell.strip() for cell in row.split("|")[1:3]) for row in rows[1:]}
+    assert pairs == {(t, m) for t in configs("task") for m in configs("model")}
+    for row in rows[1:]:
+        deviation = float(row.split("|")[5].strip().rstrip("%"))
+        assert abs(deviation) <= 1.0, row
+
+
+def test_an_unreachable_budget_fails_before_training_and_says_why(cli: CLI) -> None:
+    cfg = compose(["task=listops_small", "model=baseline", "params.budget=1000"])
+    with pytest.raises(ParameterBudgetError, match=r"closest reachable total is [\d,]+ parameters "
+                       r"with task.encoder.mlp_dim=1, .*from the budget 1,000"):  # fmt: skip
+        match_parameters(cfg)
+    proc = cli.run("params.budget=1000", "logger=none")
+    assert proc.returncode != 0 and "closest reachable total" in proc.stderr
+    assert not (cli.root / "run" / "checkpoints").exists(), "stopped before training"
+
+
+def test_a_budget_is_met_by_turning_the_knob() -> None:
+    cfg = compose(["task=listops_small", "model=baseline", "params.budget=90000"])
+    facts = match_parameters(cfg)
+    assert facts["knob"] == "task.encoder.mlp_dim" and cfg.task.encoder.mlp_dim == facts["value"]
+    assert facts["value"] > 128 and abs(facts["total"] - 90000) / 90000 < 0.01
+    net = build_net(cfg)
+    assert sum(p.numel() for p in net.parameters() if p.requires_grad) == facts["total"]
+
+
+def test_match_false_compares_at_equal_dimensions() -> None:
+    cfg = compose(["task=listops_small", "model=baseline", "params.match=false"])
+    facts = match_parameters(cfg)
+    assert facts["match"] is False and facts["knob"] is None and cfg.task.encoder.mlp_dim == 128
+
+
+def test_counts_in_results_are_the_trainable_parameters_of_the_trained_model(cli: CLI) -> None:
+    ok(cli.run("logger=csv", "params.budget=30000"))
+    r = cli.results()
+    p = r["params"]
+    assert p["match"] and p["budget"] == 30000 and abs(p["deviation"]) <= 0.01
+    assert r["config"]["task"]["encoder"]["mlp_dim"] == p["value"]
+    net = build_net(OmegaConf.create(r["config"]))
+    named = {n: t.numel() for n, t in net.named_parameters() if t.requires_grad}
+    assert sum(named.values()) == p["total"]
+    state = torch.load(cli.root / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    trained = {k.removeprefix("net."): v.numel() for k, v in state["state_dict"].items()}
+    assert {n: trained[n] for n in named} == named, "the same tensors as in the trained weights"

@@ -59,7 +59,7 @@ def run_point(step: Callable[[], Any], device: str, warmup: int, repeats: int) -
     if device.startswith("cuda"):
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
-        peak = peak_rss_mb() - base
+        peak = max(0.0, peak_rss_mb() - base)  # statm and ru_maxrss round differently
     return {"seconds": statistics.median(times), "peak_mb": peak}
 
 

@@ -30,9 +30,8 @@ def test_bench_writes_positive_numbers_for_backbones_and_peers(cli: CLI, tmp_pat
         reader = csv.DictReader(f)
         assert reader.fieldnames == COLUMNS
         rows = list(reader)
-    assert [(r["name"], r["n"]) for r in rows] == [
-        ("baseline", "24"), ("baseline", "48"), ("peer:transformer", "24"), ("peer:transformer", "48"),
-    ]  # fmt: skip
+    names = ["baseline", "baseline", "peer:transformer", "peer:transformer"]
+    assert [(r["name"], r["n"]) for r in rows] == list(zip(names, ["24", "48"] * 2, strict=True))
     for r in rows:
         assert r["error"] == "" and float(r["seconds"]) > 0 and float(r["steps_per_s"]) > 0
         assert float(r["peak_mb"]) >= 0

@@ -21,9 +21,9 @@ from lra.console import print_config_tree, print_summary
 from lra.data.base import LRADataModule
 from lra.io import write_json
 from lra.loggers import build_loggers, close_wandb, log_run_facts
-from lra.models.classifier import build_classifier, count_parameters
+from lra.models.classifier import count_parameters
 from lra.module import LRAClassifier
-from lra.registry import TASKS
+from lra.registry import ARCHITECTURES, TASKS
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,11 @@ def build_datamodule(cfg: DictConfig) -> LRADataModule:
 
 
 def build_module(cfg: DictConfig) -> LRAClassifier:
-    net = build_classifier(
+    # The model names a whole network; by default the shared encoder with its mixer.
+    build_net = ARCHITECTURES.get(cfg.model.get("architecture", "encoder"))
+    net = build_net(
+        OmegaConf.to_container(cfg.model, resolve=True),
         OmegaConf.to_container(cfg.task.encoder, resolve=True),
-        OmegaConf.to_container(cfg.model.mixer, resolve=True),
         vocab_size=cfg.task.vocab_size,
         num_classes=cfg.task.num_classes,
     )

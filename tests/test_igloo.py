@@ -9,6 +9,7 @@ import torch
 from conftest import CLI, ok
 from omegaconf import OmegaConf
 
+from lra.bench.igloo import crossover, mixer_step
 from lra.models.attention.igloo import IglooSeq
 from lra.models.classifier import build_classifier, count_parameters
 from lra.models.igloo_lra import build_igloo_lra
@@ -252,3 +253,26 @@ def test_model_igloo_lra_trains_through_the_cli(cli: CLI) -> None:
     assert r["params"]["total"] == r["params"]["mixer"] + 16 * 16 + (2 * K * 10 + 10)
     assert r["config"]["model"]["architecture"] == "igloo_lra"
     assert math.isfinite(r["val_acc_best"])
+
+
+# --- the benchmark's pieces (the benchmark itself is not a test) -----------------------------
+
+
+def test_benchmark_factory_builds_the_configured_mixers_and_steps() -> None:
+    for model in ("igloo", "baseline"):
+        step = mixer_step(model, n=64, d_model=16, batch=2, heads=2, threads=1)
+        step()  # forward + backward, no error
+
+
+def test_crossover_is_the_length_from_which_igloo_stays_faster() -> None:
+    def points(igloo: list[float], baseline: list[float]):
+        return {
+            "igloo": {n: {"seconds": s} for n, s in zip((1, 2, 4, 8), igloo, strict=True)},
+            "baseline": {n: {"seconds": s} for n, s in zip((1, 2, 4, 8), baseline, strict=True)},
+        }
+
+    lengths = [1, 2, 4, 8]
+    found = crossover(points([1, 4, 4, 8], [2, 2, 8, 32]), lengths)
+    assert found == "igloo is faster from n = 4 on; log-interpolated crossover n ≈ 3"
+    assert "every measured length" in crossover(points([1, 1, 1, 1], [2, 2, 2, 2]), lengths)
+    assert "not faster" in crossover(points([1, 1, 1, 3], [2, 2, 2, 2]), lengths)

@@ -2,7 +2,9 @@
 
 A mixer or task registers itself with a decorator in its own file; every module of the
 registry's package is imported on first lookup, so adding a fourth backbone is one new file
-in `lra/models/attention/` plus one `conf/model/*.yaml`, and nothing else.
+in `lra/models/attention/` plus one `conf/model/*.yaml`, and nothing else. A model config can
+instead name a whole network in ARCHITECTURES (`model.architecture`, default `encoder`: the
+shared encoder with the model's mixer), for a published model that is not a mixer.
 """
 
 from __future__ import annotations
@@ -56,3 +58,4 @@ class Registry:
 
 MIXERS = Registry("mixer", "lra.models.attention")
 TASKS = Registry("task", "lra.data")
+ARCHITECTURES = Registry("architecture", "lra.models")

@@ -23,10 +23,10 @@ from lra.console import print_config_tree, print_summary
 from lra.data.base import LRADataModule
 from lra.io import write_json
 from lra.loggers import build_loggers, close_wandb, log_run_facts
-from lra.models.classifier import build_classifier, count_parameters
+from lra.models.classifier import count_parameters
 from lra.module import LRAClassifier
 from lra.params import match_parameters
-from lra.registry import TASKS
+from lra.registry import ARCHITECTURES, TASKS
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +77,12 @@ def build_datamodule(cfg: DictConfig) -> LRADataModule:
 
 
 def build_net(cfg: DictConfig) -> torch.nn.Module:
-    """The network the task trains: the task's encoder shape and head, the model's mixer."""
-    return build_classifier(
+    """The network the task trains. The model names a whole architecture; by default
+    (`encoder`) the shared encoder with the task's shape and head and the model's mixer."""
+    build = ARCHITECTURES.get(cfg.model.get("architecture", "encoder"))
+    return build(
+        OmegaConf.to_container(cfg.model, resolve=True),
         OmegaConf.to_container(cfg.task.encoder, resolve=True),
-        OmegaConf.to_container(cfg.model.mixer, resolve=True),
         vocab_size=cfg.task.vocab_size,
         num_classes=cfg.task.num_classes,
     )
@@ -89,27 +91,6 @@ def build_net(cfg: DictConfig) -> torch.nn.Module:
 def build_module(cfg: DictConfig) -> LRAClassifier:
     optim = OmegaConf.to_container(cfg.task.optim, resolve=True)
     return LRAClassifier(build_net(cfg), num_classes=cfg.task.num_classes, optim=optim)
-
-
-def find_resume_dir(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """Where `resume=true` (or `ckpt_path=last`) continues from: this run directory if it has a
-    last.ckpt (a requeued job), else the newest earlier run of the same name that has one."""
-    if not (cfg.get("resume") or cfg.get("ckpt_path") == "last"):
-        return None
-    if (run_dir / LAST).exists():
-        return run_dir
-    earlier = sorted(
-        (Path(cfg.paths.log_dir) / "runs" / cfg.run_name).glob(f"*/{LAST}"),
-        key=lambda p: p.stat().st_mtime,
-    )
-    if not earlier:
-        log.warning("resume: no %s under %s yet; starting afresh", LAST, run_dir)
-        return None
-    return earlier[-1].parents[1]
-
-
-def _float(x: Any) -> float | None:
-    return None if x is None else float(x)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

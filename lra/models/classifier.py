@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lra.models.encoder import Encoder
+from lra.registry import ARCHITECTURES
 
 
 class ClassifierHead(nn.Sequential):
@@ -38,9 +39,19 @@ def build_classifier(
     """The task gives the encoder's shape, the model gives the mixer: `{name, **options}`."""
     mixer_options = dict(mixer_cfg)
     mixer = mixer_options.pop("name")
-    encoder = Encoder(vocab_size=vocab_size, mixer=mixer, mixer_options=mixer_options, **encoder_cfg)
+    encoder = Encoder(
+        vocab_size=vocab_size, mixer=mixer, mixer_options=mixer_options, **encoder_cfg
+    )
     head = ClassifierHead(encoder_cfg["d_model"], encoder_cfg["mlp_dim"], num_classes)
     return SequenceClassifier(encoder, head)
+
+
+@ARCHITECTURES.register("encoder")
+def build_encoder_classifier(
+    model_cfg: dict[str, Any], encoder_cfg: dict[str, Any], vocab_size: int, num_classes: int
+) -> SequenceClassifier:
+    """The default architecture: the shared encoder with the model's mixer (`model.mixer`)."""
+    return build_classifier(encoder_cfg, model_cfg["mixer"], vocab_size, num_classes)
 
 
 def count_parameters(model: SequenceClassifier) -> dict[str, int]:

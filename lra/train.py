@@ -93,6 +93,27 @@ def build_module(cfg: DictConfig) -> LRAClassifier:
     return LRAClassifier(build_net(cfg), num_classes=cfg.task.num_classes, optim=optim)
 
 
+def find_resume_dir(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """Where `resume=true` (or `ckpt_path=last`) continues from: this run directory if it has a
+    last.ckpt (a requeued job), else the newest earlier run of the same name that has one."""
+    if not (cfg.get("resume") or cfg.get("ckpt_path") == "last"):
+        return None
+    if (run_dir / LAST).exists():
+        return run_dir
+    earlier = sorted(
+        (Path(cfg.paths.log_dir) / "runs" / cfg.run_name).glob(f"*/{LAST}"),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not earlier:
+        log.warning("resume: no %s under %s yet; starting afresh", LAST, run_dir)
+        return None
+    return earlier[-1].parents[1]
+
+
+def _float(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one run; returns (and writes to run_dir/results.json) what it measured."""
     t_start = time.time()

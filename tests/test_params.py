@@ -35,7 +35,7 @@ def test_an_unreachable_budget_fails_before_training_and_says_why(cli: CLI) -> N
     with pytest.raises(ParameterBudgetError, match=r"closest reachable total is [\d,]+ parameters "
                        r"with task.encoder.mlp_dim=1, .*from the budget 1,000"):  # fmt: skip
         match_parameters(cfg)
-    proc = cli.run("params.budget=1000", "logger=none")
+    proc = cli.run("params.match=true", "params.budget=1000", "logger=none")
     assert proc.returncode != 0 and "closest reachable total" in proc.stderr
     assert not (cli.root / "run" / "checkpoints").exists(), "stopped before training"
 
@@ -56,7 +56,7 @@ def test_match_false_compares_at_equal_dimensions() -> None:
 
 
 def test_counts_in_results_are_the_trainable_parameters_of_the_trained_model(cli: CLI) -> None:
-    ok(cli.run("logger=csv", "params.budget=30000"))
+    ok(cli.run("logger=csv", "params.match=true", "params.budget=30000"))
     r = cli.results()
     p = r["params"]
     assert p["match"] and p["budget"] == 30000 and abs(p["deviation"]) <= 0.01

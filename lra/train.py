@@ -45,6 +45,7 @@ def build_module(cfg: DictConfig) -> LRAClassifier:
         OmegaConf.to_container(cfg.model.mixer, resolve=True),
         vocab_size=cfg.task.vocab_size,
         num_classes=cfg.task.num_classes,
+        head=cfg.task.get("head", "single"),
     )
     optim = OmegaConf.to_container(cfg.task.optim, resolve=True)
     return LRAClassifier(net, num_classes=cfg.task.num_classes, optim=optim)

@@ -276,8 +276,10 @@ def render(spec: SnakesSpec, snakes: list[Snake], markers: list[np.ndarray]) -> 
     return np.round(image / max(float(image.max()), 1e-12) * 255).astype(np.uint8)
 
 
-def draw_sample(spec: SnakesSpec, rng: np.random.Generator, label: int) -> tuple[np.ndarray, int]:
-    """One image with the given label (1: both markers on one snake) and its margin."""
+def compose(
+    spec: SnakesSpec, rng: np.random.Generator, label: int
+) -> tuple[list[Snake], list[np.ndarray], int]:
+    """One image's snakes (the two targets first), its two marker centres and its margin."""
     margin = int(spec.margins[rng.integers(len(spec.margins))])
     sketch = Sketch(spec, rng, margin)
     pair = None
@@ -295,7 +297,13 @@ def draw_sample(spec: SnakesSpec, rng: np.random.Generator, label: int) -> tuple
     origin = int(rng.integers(2))
     terminal = origin if label == 1 else 1 - origin
     markers = [pair[origin].paddles[0][0], pair[terminal].paddles[-1][1]]
-    return render(spec, pair + distractors, markers), margin
+    return pair + distractors, markers, margin
+
+
+def draw_sample(spec: SnakesSpec, rng: np.random.Generator, label: int) -> tuple[np.ndarray, int]:
+    """One image [res, res] uint8 with the given label (1: both markers on one snake)."""
+    snakes, markers, margin = compose(spec, rng, label)
+    return render(spec, snakes, markers), margin
 
 
 def batch_rng(seed: int, spec: SnakesSpec, batch: int) -> np.random.Generator:

@@ -380,8 +380,9 @@ def generate(
     return manifest
 
 
-def sample_grid(folder: str | Path, out: str | Path, columns: int = 8, scale: int = 4) -> Path:
-    """A PNG of the first images of batch 0, label 1 on the top row and label 0 below."""
+def sample_grid(folder: str | Path, out: str | Path, columns: int = 8) -> Path:
+    """A PNG of the first images of batch 0, label 1 on the top row and label 0 below, each
+    enlarged to about 128 pixels."""
     folder = Path(folder)
     rows = [line.split(" ") for line in (folder / "metadata" / "0.npy").read_text().splitlines()]
     by_label = {1: [], 0: []}
@@ -390,7 +391,7 @@ def sample_grid(folder: str | Path, out: str | Path, columns: int = 8, scale: in
             by_label[int(r[3])].append(folder / r[0] / r[1])
     tiles = [[np.asarray(Image.open(p)) for p in by_label[label]] for label in (1, 0)]
     side = tiles[0][0].shape[0]
-    gap = 2
+    gap, scale = 2, max(1, 128 // side)
     grid = np.full((2 * side + gap, columns * side + (columns - 1) * gap), 128, dtype=np.uint8)
     for r, row in enumerate(tiles):
         for c, tile in enumerate(row):

@@ -74,7 +74,7 @@ def write_pathfinder(
         for i, (image, label) in enumerate(
             zip(images[start : start + per_file], labels[start : start + per_file], strict=True)
         ):
-            Image.fromarray(image, mode="L").save(folder / "imgs" / str(k) / f"sample_{i}.png")
+            Image.fromarray(image).save(folder / "imgs" / str(k) / f"sample_{i}.png")
             lines.append(f"imgs/{k} sample_{i}.png {i} {label} 1.0 14 4 2 0.5 1 1\n")
         (folder / "metadata" / f"{k}.npy").write_text("".join(lines))
 

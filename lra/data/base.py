@@ -183,6 +183,14 @@ def byte_tokens(text: bytes, max_len: int) -> np.ndarray:
     return np.frombuffer(text[:max_len], dtype=np.uint8).astype(np.int16) + 1
 
 
+def warn_if_cropped(max_len: int, pixels: int) -> None:
+    if max_len < pixels:
+        log.warning(
+            "task.max_len=%d is shorter than the %d pixels of an image: each keeps its first "
+            "%d pixels (row-major), which is only good for smoke tests", max_len, pixels, max_len,
+        )  # fmt: skip
+
+
 def pixel_tokens(pixels: np.ndarray, offset: int, max_len: int) -> np.ndarray:
     """8-bit intensities, row-major, + offset. LRA used offset 0, so its encoder's padding mask
     (token 0) also hid every black pixel; offset 1 keeps them."""

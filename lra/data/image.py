@@ -37,6 +37,7 @@ from lra.data.base import (
     iter_table,
     pixel_tokens,
     table_files,
+    warn_if_cropped,
 )
 from lra.registry import TASKS
 
@@ -98,6 +99,7 @@ class ImageDataModule(LRADataModule):
         self.dir = Path(dir)
         self.download = download
         self.pixel_offset = pixel_offset
+        warn_if_cropped(self.max_len, SIDE * SIDE)
 
     def python_files(self, source: str) -> list[Path]:
         return [self.dir / "cifar-10-batches-py" / name for name in BATCHES[source]]

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lra.data.base import PIXEL_VOCAB, LRADataModule, pixel_tokens
+from lra.data.base import PIXEL_VOCAB, LRADataModule, pixel_tokens, warn_if_cropped
 from lra.data.snakes import DIFFICULTIES, SnakesSpec, generate
 from lra.registry import TASKS
 
@@ -150,6 +150,7 @@ class PathfinderDataModule(LRADataModule):
         self.folder = self.dir / f"pathfinder{resolution}" / folder
         self.spec = SnakesSpec(resolution=resolution, contour_length=contour_length, **gen)
         self.skipped: dict[str, int] = {}  # images skipped per split, when last read
+        warn_if_cropped(self.max_len, resolution * resolution)
 
     def raw_files(self) -> dict[str, list[Path]]:
         files = metadata_files(self.folder)  # every split depends on every metadata file

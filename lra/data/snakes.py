@@ -8,9 +8,10 @@ middle of the gap after its last paddle) and a direction θ. The next paddle tur
     u = (sin(θ+δ), cos(θ+δ))  (y, x)        paddle = [p + m·u, p + (m+L)·u]        p += (L+2m)·u
 
 so paddles are 2m apart (m: the margin), and δ is drawn, on a grid of one pixel of arc, with
-weight cos²(min(c·|δ|, π/2)) where the paddle's far end is free (c: continuity; c = 1 allows
-turns up to 90°, c = 1.8 up to 50°). A paddle may not come within t + 2m of any paddle other
-than its predecessor (nor into the padding border); three rejected draws end the snake.
+weight cos²(min(c·|δ|, π/2)) (c: continuity; c = 1 allows turns up to 90°, c = 1.8 up to 50°).
+A paddle keeps m clear (edge to edge) of every paddle but its predecessor and out of the
+padding border; a drawn turn that breaks this is struck out and another drawn, and a snake
+with no turn left is a dead end (the original drew three times, then gave up).
 
 One image: two target snakes of `contour_length` paddles whose first paddles start
 `seed_distance` apart near the centre, grown in turns; then distractor snakes of
@@ -56,6 +57,7 @@ DIFFICULTIES = {
     "intermediate": ("curv_contour_length_9", 9),
     "hard": ("curv_contour_length_14", 14),
 }
+Footprint = tuple[tuple[slice, slice], np.ndarray]  # (window of the fine grid, mask in it)
 MAX_PAIR_TRIES = 10_000  # LRA's generator retried forever; hard 128x128 needs ~50 on average
 
 
@@ -76,8 +78,7 @@ class SnakesSpec:
     paddle_contrast: float = 0.75
     snake_contrast: float = 2.0
     antialias: int = 2
-    paddle_tries: int = 3
-    distractor_tries: int = 5
+    distractor_tries: int = 5  # seeds tried per distractor snake
 
     def __post_init__(self) -> None:
         if self.thickness * self.antialias != round(self.thickness * self.antialias):
@@ -102,7 +103,7 @@ class Snake:
     pivot: np.ndarray  # (y, x): the middle of the gap after the last paddle
     theta: float  # direction of the last paddle (radians, y down)
     paddles: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (start, end)
-    footprints: list[tuple[tuple[slice, slice], np.ndarray]] = field(default_factory=list)
+    footprints: list[Footprint] = field(default_factory=list)
 
 
 def direction(theta: float | np.ndarray) -> np.ndarray:
@@ -118,8 +119,7 @@ class Sketch:
         self.spec, self.rng, self.m = spec, rng, margin
         self.aa = spec.antialias
         size = spec.resolution * self.aa
-        # taken[i, j]: how many paddle footprints (radius t/2 + m) cover fine pixel (i, j);
-        # the padding border counts as taken.
+        # taken[i, j]: how many paddle footprints cover fine pixel (i, j); the border counts.
         self.taken = np.zeros((size, size), dtype=np.int16)
         border = spec.padding * self.aa
         if border:
@@ -129,13 +129,14 @@ class Sketch:
         # Paddles other than neighbours keep m apart, edge to edge: footprints of radius (t + m)/2.
         self.radius = (spec.thickness + margin) / 2
         self.reach = spec.paddle_length + margin  # radius of the circle the next paddle ends on
-        delta = np.arange(-math.pi, math.pi, 1.0 / self.reach)  # one pixel of arc apart
+        half = math.floor(math.pi * self.reach)
+        delta = np.arange(-half, half + 1) / self.reach  # turns one pixel of arc apart, 0 included
         weight = np.cos(np.minimum(np.abs(delta) * spec.continuity, math.pi / 2)) ** 2
         keep = weight > 1e-9
         self.turns, self.turn_weights = delta[keep], weight[keep]
 
     # --- occupancy ---------------------------------------------------------------------------
-    def footprint(self, a: np.ndarray, b: np.ndarray) -> tuple[tuple[slice, slice], np.ndarray]:
+    def footprint(self, a: np.ndarray, b: np.ndarray) -> Footprint:
         """Fine pixels whose centres lie within (t + m)/2 of the segment a-b (image units)."""
         r, aa, size = self.radius, self.aa, self.taken.shape[0]
         (ay, ax), (by, bx) = a.tolist(), b.tolist()
@@ -156,7 +157,7 @@ class Sketch:
     def inside(self, point: np.ndarray) -> bool:
         return bool(np.all(point >= 0) and np.all(point < self.spec.resolution))
 
-    def collides(self, fp: tuple[tuple[slice, slice], np.ndarray], snake: Snake) -> bool:
+    def collides(self, fp: Footprint, snake: Snake) -> bool:
         """Does fp overlap anything taken, except the snake's own last paddle?"""
         last = snake.footprints[-1] if snake.footprints else None
         if last is not None:
@@ -167,7 +168,7 @@ class Sketch:
             self.taken[last[0]] += last[1]
         return hit
 
-    def add(self, snake: Snake, start: np.ndarray, end: np.ndarray, fp) -> None:
+    def add(self, snake: Snake, start: np.ndarray, end: np.ndarray, fp: Footprint) -> None:
         window, mask = fp
         self.taken[window] += mask
         snake.paddles.append((start, end))
@@ -178,7 +179,7 @@ class Sketch:
             self.taken[window] -= mask
 
     # --- growing snakes ----------------------------------------------------------------------
-    def seed(self, tail: np.ndarray, theta: float, snake: Snake | None = None) -> Snake | None:
+    def seed(self, tail: np.ndarray, theta: float) -> Snake | None:
         """A snake whose first paddle runs from `tail` along theta, if it fits."""
         head = tail + self.spec.paddle_length * direction(theta)
         if not (self.inside(tail) and self.inside(head)):
@@ -263,13 +264,11 @@ def render(spec: SnakesSpec, snakes: list[Snake], markers: list[np.ndarray]) -> 
     paddles = np.clip(np.asarray(fine.resize((res, res), Image.LANCZOS)), 0, 1)
     paddles = paddles * spec.paddle_contrast * spec.snake_contrast
 
-    centres = (np.arange(res * aa) + 0.5) / aa
+    centres = (np.arange(res * aa) + 0.5) / aa  # fine pixel centres, image units
+    y, x = centres[:, None], centres[None, :]
     discs = np.zeros((res * aa, res * aa), dtype=np.float32)
-    for c in markers:
-        inside = (centres[:, None] - c[0]) ** 2 + (
-            centres[None, :] - c[1]
-        ) ** 2 <= spec.marker_radius**2
-        discs[inside] = 1.0
+    for cy, cx in markers:
+        discs[(y - cy) ** 2 + (x - cx) ** 2 <= spec.marker_radius**2] = 1.0
     discs = np.clip(np.asarray(Image.fromarray(discs).resize((res, res), Image.LANCZOS)), 0, 1)
 
     image = np.maximum(paddles, discs)
@@ -323,7 +322,7 @@ def write_batch(folder: str, spec: SnakesSpec, seed: int, batch: int, n: int) ->
     lines = []
     for i, label in enumerate(labels.tolist()):
         pixels, margin = draw_sample(spec, rng, label)
-        Image.fromarray(pixels, mode="L").save(imgs / f"sample_{i}.png")
+        Image.fromarray(pixels).save(imgs / f"sample_{i}.png")
         lines.append(
             f"imgs/{batch} sample_{i}.png {i} {label} {spec.continuity} {spec.contour_length} "
             f"{spec.distractor_length} {spec.paddle_length} {spec.thickness} {margin} 1\n"
@@ -401,6 +400,6 @@ def sample_grid(folder: str | Path, out: str | Path, columns: int = 8) -> Path:
             ] = tile
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.fromarray(grid, mode="L")
+    image = Image.fromarray(grid)
     image.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(out)
     return out

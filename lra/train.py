@@ -85,6 +85,7 @@ def build_net(cfg: DictConfig) -> torch.nn.Module:
         OmegaConf.to_container(cfg.task.encoder, resolve=True),
         vocab_size=cfg.task.vocab_size,
         num_classes=cfg.task.num_classes,
+        head=cfg.task.get("head", "single"),
     )
 
 

@@ -4,6 +4,10 @@ A task subclass says where its raw files are (`raw_files`), how to obtain them (
 how to read one split (`read_split`) and which settings change the tokens (`cache_params`).
 The tokenised splits are cached with `datasets` under a key of those settings and the raw
 files' sizes and mtimes, so a second run starts training in seconds.
+
+A row has one token sequence per name in `inputs` (`input_ids`; Retrieval has two documents)
+and a label. The helpers below are the readings several tasks share: bytes and pixels as
+tokens, local Parquet/Arrow tables, and the Hugging Face Hub fallback.
 """
 
 from __future__ import annotations
@@ -11,12 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DistributedSampler
@@ -28,14 +35,22 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 CHUNK_ROWS = 10_000
-FEATURES = datasets.Features(
-    {"input_ids": datasets.Sequence(datasets.Value("int16")), "label": datasets.Value("int64")}
-)
+BYTE_VOCAB = 257  # UTF-8 bytes + 1; 0 is padding
+PIXEL_VOCAB = 257  # 8-bit intensities + pixel_offset (1); 0 is padding
+
+# A split's rows: token ids (one array, or one per name in `inputs`) and the label.
+Tokens = np.ndarray | tuple[np.ndarray, ...]
+
+
+def features(inputs: Sequence[str]) -> datasets.Features:
+    columns = {name: datasets.Sequence(datasets.Value("int16")) for name in inputs}
+    return datasets.Features({**columns, "label": datasets.Value("int64")})
 
 
 class LRADataModule(pl.LightningDataModule):
     vocab_size: ClassVar[int]
     num_classes: ClassVar[int]
+    inputs: ClassVar[tuple[str, ...]] = ("input_ids",)
 
     def __init__(
         self,
@@ -60,14 +75,15 @@ class LRADataModule(pl.LightningDataModule):
         self.splits: dict[str, datasets.Dataset] = {}
 
     # --- what a task provides -------------------------------------------------------------
-    def raw_files(self) -> dict[str, Path]:
+    def raw_files(self) -> dict[str, Path | list[Path]]:
+        """The file(s) each split is read from; their sizes and mtimes key the cache."""
         raise NotImplementedError
 
     def fetch_raw(self) -> None:
         """Make the raw files exist (generate them) or raise FileNotFoundError saying how."""
         raise NotImplementedError
 
-    def read_split(self, split: str) -> Iterator[tuple[np.ndarray, int]]:
+    def read_split(self, split: str) -> Iterator[tuple[Tokens, int]]:
         raise NotImplementedError
 
     def cache_params(self) -> dict[str, Any]:
@@ -75,12 +91,13 @@ class LRADataModule(pl.LightningDataModule):
 
     # --- shared ----------------------------------------------------------------------------
     def cache_path(self, split: str) -> Path:
+        files = self.raw_files()[split]
         stamp = {
             "task": type(self).__name__,
             "params": self.cache_params(),
             "file": [
                 (str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns)
-                for p in [self.raw_files()[split]]
+                for p in (files if isinstance(files, list) else [files])
             ],
         }
         key = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
@@ -97,15 +114,23 @@ class LRADataModule(pl.LightningDataModule):
                 self._tokenise(split).save_to_disk(str(tmp))
 
     def _tokenise(self, split: str) -> datasets.Dataset:
-        chunks, ids, labels = [], [], []
+        schema = features(self.inputs)
+        chunks: list[datasets.Dataset] = []
+        columns: dict[str, list[Any]] = {name: [] for name in (*self.inputs, "label")}
+
+        def flush() -> None:
+            chunks.append(datasets.Dataset.from_dict(columns, schema))
+            for rows in columns.values():
+                rows.clear()
+
         for x, y in self.read_split(split):
-            ids.append(x)
-            labels.append(y)
-            if len(ids) == CHUNK_ROWS:
-                chunks.append(datasets.Dataset.from_dict({"input_ids": ids, "label": labels}, FEATURES))
-                ids, labels = [], []
-        if ids or not chunks:
-            chunks.append(datasets.Dataset.from_dict({"input_ids": ids, "label": labels}, FEATURES))
+            for name, ids in zip(self.inputs, x if isinstance(x, tuple) else (x,), strict=True):
+                columns[name].append(ids)
+            columns["label"].append(y)
+            if len(columns["label"]) == CHUNK_ROWS:
+                flush()
+        if columns["label"] or not chunks:
+            flush()
         return datasets.concatenate_datasets(chunks)
 
     def setup(self, stage: str | None = None) -> None:
@@ -123,13 +148,16 @@ class LRADataModule(pl.LightningDataModule):
         return float(counts.max() / max(1, counts.sum()))
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        n = self.max_len if self.pad_to == "max_len" else max(len(r["input_ids"]) for r in rows)
-        ids = np.zeros((len(rows), n), dtype=np.int64)  # 0 = padding
-        for i, r in enumerate(rows):
-            x = r["input_ids"][:n]
-            ids[i, : len(x)] = x
+        batch = {}
+        for name in self.inputs:
+            n = self.max_len if self.pad_to == "max_len" else max(len(r[name]) for r in rows)
+            ids = np.zeros((len(rows), n), dtype=np.int64)  # 0 = padding
+            for i, r in enumerate(rows):
+                x = r[name][:n]
+                ids[i, : len(x)] = x
+            batch[name] = torch.from_numpy(ids)
         labels = np.asarray([r["label"] for r in rows], dtype=np.int64)
-        return {"input_ids": torch.from_numpy(ids), "label": torch.from_numpy(labels)}
+        return {**batch, "label": torch.from_numpy(labels)}
 
     def _loader(self, split: str, shuffle: bool) -> StatefulDataLoader:
         # Stateful: Lightning saves the loader's position in each checkpoint. Training order is
@@ -163,3 +191,69 @@ class LRADataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> StatefulDataLoader:
         return self._loader("test", shuffle=False)
+
+
+# --- readings several tasks share -----------------------------------------------------------
+def byte_tokens(text: bytes, max_len: int) -> np.ndarray:
+    """UTF-8 bytes + 1, so 0 stays padding (vocab 257, as tfds' ByteTextEncoder); first max_len."""
+    return np.frombuffer(text[:max_len], dtype=np.uint8).astype(np.int16) + 1
+
+
+def warn_if_cropped(max_len: int, pixels: int) -> None:
+    if max_len < pixels:
+        log.warning(
+            "task.max_len=%d is shorter than the %d pixels of an image: each keeps its first "
+            "%d pixels (row-major), which is only good for smoke tests", max_len, pixels, max_len,
+        )  # fmt: skip
+
+
+def pixel_tokens(pixels: np.ndarray, offset: int, max_len: int) -> np.ndarray:
+    """8-bit intensities, row-major, + offset. LRA used offset 0, so its encoder's padding mask
+    (token 0) also hid every black pixel; offset 1 keeps them."""
+    return pixels.reshape(-1)[:max_len].astype(np.int16) + offset
+
+
+def table_files(root: Path, split: str) -> list[Path]:
+    """Parquet/Arrow files of one split under root, sorted: the Hub's layout
+    (`plain_text/train-00000-of-00001.parquet`) or `save_to_disk`'s (`train/data-00000.arrow`)."""
+    found = []
+    for path in root.rglob("*"):
+        if path.suffix not in (".parquet", ".arrow"):
+            continue
+        if re.split(r"[-_.]", path.name)[0] == split or path.parent.name == split:
+            found.append(path)
+    return sorted(found)
+
+
+def iter_table(files: list[Path], columns: list[str] | None) -> Iterator[dict[str, Any]]:
+    """Rows of Parquet or Arrow tables (IPC stream, as `datasets` writes them, or IPC file);
+    `columns` None reads them all."""
+    for path in files:
+        batches = (
+            pq.ParquetFile(path).iter_batches(columns=columns)
+            if path.suffix == ".parquet"
+            else arrow_batches(path)
+        )
+        for batch in batches:
+            missing = [c for c in columns or [] if c not in batch.schema.names]
+            if missing:
+                raise ValueError(f"{path}: no column {missing[0]!r}; it has {batch.schema.names}")
+            yield from (batch.select(columns) if columns else batch).to_pylist()
+
+
+def arrow_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    try:
+        yield from pa.ipc.open_stream(pa.memory_map(str(path)))
+    except pa.ArrowInvalid:
+        reader = pa.ipc.open_file(pa.memory_map(str(path)))
+        yield from (reader.get_batch(i) for i in range(reader.num_record_batches))
+
+
+def download_from_hub(name: str, out_dir: Path, splits: Sequence[str], cache_dir: Path) -> None:
+    """`datasets.load_dataset(name)` (needs a network the first time), saved as
+    out_dir/{split}.parquet so that every later run reads local files."""
+    log.info("trying datasets.load_dataset(%r) (cache: %s)", name, cache_dir)
+    dataset = datasets.load_dataset(name, cache_dir=str(cache_dir))
+    for split in splits:
+        with atomic_path(out_dir / f"{split}.parquet") as tmp:
+            dataset[split].to_parquet(str(tmp))

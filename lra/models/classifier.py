@@ -1,4 +1,8 @@
-"""Encoder + classification head: the whole network a task trains."""
+"""Encoder + classification head: the whole network a task trains.
+
+`head: single` (one sequence per example) or `head: dual` (Retrieval: two documents, two towers
+that share one encoder, LRA's NLI combination of the pooled vectors).
+"""
 
 from __future__ import annotations
 
@@ -30,31 +34,80 @@ class SequenceClassifier(nn.Module):
         return self.head(self.encoder(batch["input_ids"]))
 
 
+class PairHead(nn.Module):
+    """LRA's dual head: [u, v, u*v, u-v] -> Dense(mlp) -> ReLU -> Dense(mlp/2) -> ReLU -> Dense(C)."""
+
+    def __init__(self, d_in: int, mlp_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(4 * d_in, mlp_dim),
+            nn.ReLU(),
+            nn.Linear(mlp_dim, mlp_dim // 2),
+            nn.ReLU(),
+            nn.Linear(mlp_dim // 2, num_classes),
+        )
+
+    def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat([u, v, u * v, u - v], dim=-1))  # [B, 4D] -> [B, C]
+
+
+class TwoTowerClassifier(nn.Module):
+    """Two documents in (`input_ids_1`, `input_ids_2`), each encoded separately by the same
+    encoder (shared weights), pooled to u and v [B, D], classified by `PairHead`."""
+
+    def __init__(self, encoder: Encoder, head: PairHead) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        u = self.encoder(batch["input_ids_1"])
+        v = self.encoder(batch["input_ids_2"])
+        return self.head(u, v)
+
+
+def single_tower(encoder: Encoder, d: int, mlp_dim: int, num_classes: int) -> nn.Module:
+    return SequenceClassifier(encoder, ClassifierHead(d, mlp_dim, num_classes))
+
+
+def two_towers(encoder: Encoder, d: int, mlp_dim: int, num_classes: int) -> nn.Module:
+    return TwoTowerClassifier(encoder, PairHead(d, mlp_dim, num_classes))
+
+
+HEADS = {"single": single_tower, "dual": two_towers}
+
+
 def build_classifier(
     encoder_cfg: dict[str, Any],
     mixer_cfg: dict[str, Any],
     vocab_size: int,
     num_classes: int,
-) -> SequenceClassifier:
-    """The task gives the encoder's shape, the model gives the mixer: `{name, **options}`."""
+    head: str = "single",
+) -> nn.Module:
+    """The task gives the encoder's shape and head, the model the mixer: `{name, **options}`."""
+    if head not in HEADS:
+        raise ValueError(f"task.head must be one of {', '.join(HEADS)}, not '{head}'")
     mixer_options = dict(mixer_cfg)
     mixer = mixer_options.pop("name")
     encoder = Encoder(
         vocab_size=vocab_size, mixer=mixer, mixer_options=mixer_options, **encoder_cfg
     )
-    head = ClassifierHead(encoder_cfg["d_model"], encoder_cfg["mlp_dim"], num_classes)
-    return SequenceClassifier(encoder, head)
+    return HEADS[head](encoder, encoder_cfg["d_model"], encoder_cfg["mlp_dim"], num_classes)
 
 
 @ARCHITECTURES.register("encoder")
 def build_encoder_classifier(
-    model_cfg: dict[str, Any], encoder_cfg: dict[str, Any], vocab_size: int, num_classes: int
-) -> SequenceClassifier:
+    model_cfg: dict[str, Any],
+    encoder_cfg: dict[str, Any],
+    vocab_size: int,
+    num_classes: int,
+    head: str = "single",
+) -> nn.Module:
     """The default architecture: the shared encoder with the model's mixer (`model.mixer`)."""
-    return build_classifier(encoder_cfg, model_cfg["mixer"], vocab_size, num_classes)
+    return build_classifier(encoder_cfg, model_cfg["mixer"], vocab_size, num_classes, head)
 
 
-def count_parameters(model: SequenceClassifier) -> dict[str, int]:
+def count_parameters(model: nn.Module) -> dict[str, int]:
     """Trainable parameters, whole model and mixers alone (buffers are not parameters)."""
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)
     mixer = sum(

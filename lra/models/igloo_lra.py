@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lra.models.classifier import SequenceClassifier
+from lra.models.classifier import PairHead, SequenceClassifier, TwoTowerClassifier
 from lra.models.encoder import PAD_ID
 from lra.registry import ARCHITECTURES
 
@@ -176,12 +176,19 @@ class IglooLRAHead(nn.Sequential):
 
 @ARCHITECTURES.register("igloo_lra")
 def build_igloo_lra(
-    model_cfg: dict[str, Any], encoder_cfg: dict[str, Any], vocab_size: int, num_classes: int
-) -> SequenceClassifier:
-    """`model.net` holds the options; of the task's encoder block only `max_len` is used."""
+    model_cfg: dict[str, Any],
+    encoder_cfg: dict[str, Any],
+    vocab_size: int,
+    num_classes: int,
+    head: str = "single",
+) -> nn.Module:
+    """`model.net` holds the options; of the task's encoder block only `max_len` is used (and
+    `mlp_dim` for the two-tower head of Retrieval, which lra-igloo did not run)."""
     net = dict(model_cfg["net"])
     head_norm, head_dropout = net.pop("head_norm"), net.pop("head_dropout")
     encoder = IglooLRAEncoder(vocab_size=vocab_size, max_len=encoder_cfg["max_len"], **net)
+    if head == "dual":
+        return TwoTowerClassifier(encoder, PairHead(encoder.features, encoder_cfg["mlp_dim"], num_classes))
     return SequenceClassifier(
         encoder, IglooLRAHead(encoder.features, num_classes, head_norm, head_dropout)
     )

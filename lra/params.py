@@ -69,10 +69,17 @@ def budget(cfg: DictConfig) -> int:
 
 
 def closest_value(total: Callable[[int], int], target: int, start: int) -> int:
-    """The integer v >= 1 whose total(v) is closest to target, for total non-decreasing in v."""
-    lo, hi = 1, max(2, start)
-    while total(hi) < target and hi < 1 << 24:
-        lo, hi = hi, hi * 2
+    """The integer v >= 1 whose total(v) is closest to target, for total non-decreasing in v.
+
+    Totals are (nearly) linear in a width, so a secant through two builds predicts v; a bracket
+    around the prediction, widened until it holds the target, is then bisected (few builds)."""
+    a, b = total(start), total(2 * start)
+    guess = start + round((target - a) * start / (b - a)) if b > a else start
+    lo, hi = max(1, guess - 1), max(2, guess + 1)
+    while lo > 1 and total(lo) >= target:  # widen down: total(lo) < target, or lo == 1
+        lo = max(1, lo - 2 * (hi - lo))
+    while total(hi) < target and hi < 1 << 24:  # widen up: total(hi) >= target
+        lo, hi = hi, 2 * hi
     while hi - lo > 1:  # invariant: total(lo) < target <= total(hi), unless lo == 1
         mid = (lo + hi) // 2
         if total(mid) < target:

@@ -18,16 +18,26 @@ def test_closest_value_finds_the_nearest_total() -> None:
     assert closest_value(total, 10, start=8) == 1, "below every reachable total: the smallest"
 
 
-def test_every_task_and_model_is_within_tolerance(cli: CLI) -> None:
-    proc = ok(cli.run("--check", module="lra.params"))
-    rows = [
-        line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line
-    ]
-    pairs = {tuple(cell.strip() for cell in row.split("|")[1:3]) for row in rows[1:]}
-    assert pairs == {(t, m) for t in configs("task") for m in configs("model")}
-    for row in rows[1:]:
-        deviation = float(row.split("|")[5].strip().rstrip("%"))
-        assert abs(deviation) <= 1.0, row
+def table_rows(stdout: str) -> list[list[str]]:
+    rows = [line for line in stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    return [[cell.strip() for cell in row.split("|")[1:-1]] for row in rows[1:]]
+
+
+def test_params_table_covers_every_task_and_model_within_tolerance_or_says_why(cli: CLI) -> None:
+    proc = cli.run("--check", module="lra.params")
+    rows = table_rows(proc.stdout)
+    assert {(r[0], r[1]) for r in rows} == {
+        (t, m) for t in configs("task") for m in configs("model")
+    }
+    off = [r for r in rows if not r[2]]
+    for r in rows:
+        if r[2]:
+            assert abs(float(r[4].rstrip("%"))) <= 1.0, r
+        else:
+            assert "the closest reachable total is" in r[5], r
+    assert proc.returncode == (1 if off else 0), "--check fails exactly when one is off"
+    baseline = ok(cli.run("--check", "model=baseline", module="lra.params"))
+    assert all(r[4] == "+0.00%" for r in table_rows(baseline.stdout)), "the budget is baseline's"
 
 
 def test_an_unreachable_budget_fails_before_training_and_says_why(cli: CLI) -> None:

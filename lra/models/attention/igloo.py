@@ -173,10 +173,14 @@ class IglooSeq(nn.Module):
         self.B = nn.Parameter(torch.ones(max_len, qkv_dim))
         self.out = nn.Linear(qkv_dim, d_model, bias=bias)
         self.drop = nn.Dropout(attn_dropout)
-        if seed is None:
-            seed = int(torch.randint(2**62, ()))
-        g = torch.Generator().manual_seed(seed)
-        I, J = index_tables(max_len, d1, ps, sampling, contains_self, g)
+        if torch.get_default_device().type == "meta":  # counting parameters: tables not needed
+            I = torch.empty(max_len, d1, ps, dtype=torch.long)
+            J = torch.empty(max_len, d1, dtype=torch.long)
+        else:
+            if seed is None:
+                seed = int(torch.randint(2**62, ()))
+            g = torch.Generator().manual_seed(seed)
+            I, J = index_tables(max_len, d1, ps, sampling, contains_self, g)
         self.register_buffer("I", I)  # [max_len, d1, patch_size]
         self.register_buffer("J", J)  # [max_len, d1]
 

@@ -77,8 +77,8 @@ def test_optuna_sweep_of_two_trials_reports_the_best_value(cli: CLI) -> None:
 
 
 RESUMABLE = [
-    "trainer.max_steps=60",
-    "trainer.val_check_interval=20",
+    "trainer.max_steps=30",
+    "trainer.val_check_interval=10",
     "checkpoint_every_n_steps=5",
     "task.encoder.dropout=0.1",  # dropout masks must be reproduced after the resume too
     "task.encoder.attn_dropout=0.1",

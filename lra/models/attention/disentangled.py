@@ -90,8 +90,9 @@ class RelativeEmbeddings(nn.Module):
 
     def __init__(self, d_model: int, k: int, layer_norm: bool) -> None:
         super().__init__()
-        self.E = nn.Parameter(torch.randn(2 * k, d_model) * 0.02)
-        self.norm = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
+        self.E = nn.Parameter(torch.randn(2 * k, d_model) * 0.02)  # DeBERTa's init, std 0.02
+        # DeBERTa's eps: E's rows are small at init, where eps 1e-5 would damp the normalisation
+        self.norm = nn.LayerNorm(d_model, eps=1e-7) if layer_norm else nn.Identity()
 
     def forward(self) -> dict[str, torch.Tensor]:
         return {"rel_embeddings": self.norm(self.E)}

@@ -3,6 +3,13 @@
 tokens [B, n] -> embed + positions -> (CLS) -> N x pre-LN [mixer + MLP(GELU)] -> LN -> pool [B, D]
 
 Token id 0 is padding: it is masked in every mixer and excluded from mean pooling.
+
+Shared state across layers (optional hook): a mixer class that defines
+`build_shared(**mixer_kwargs) -> nn.Module` gets one such module for the whole encoder, built
+with the same keyword arguments as its mixers. The encoder calls it once per forward and passes
+what it returns (a dict) to every layer's mixer as keyword arguments: DeBERTa's relative-position
+table E, LayerNorm-ed once and read by all layers. Mixers without the hook (baseline, IGLOO) are
+called as `mixer(x, mask)`, unchanged. The shared module counts among `mixers()`.
 """
 
 from __future__ import annotations
@@ -46,8 +53,8 @@ class Block(nn.Module):
         self.mlp = MLP(d_model, mlp_dim, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.mixer(self.norm1(x), mask))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, **shared: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.mixer(self.norm1(x), mask, **shared))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -87,27 +94,24 @@ class Encoder(nn.Module):
         self.cls = nn.Parameter(torch.randn(1, 1, d_model) * 0.02) if pooling == "cls" else None
         self.drop = nn.Dropout(dropout)
         mixer_cls = MIXERS.get(mixer)
-        seq_len = max_len + (pooling == "cls")
+        mixer_kwargs = dict(
+            d_model=d_model,
+            num_heads=num_heads,
+            qkv_dim=qkv_dim,
+            attn_dropout=attn_dropout,
+            max_len=max_len + (pooling == "cls"),
+            **(mixer_options or {}),
+        )
+        build_shared = getattr(mixer_cls, "build_shared", None)
+        self.shared = build_shared(**mixer_kwargs) if build_shared else None
         self.blocks = nn.ModuleList(
-            Block(
-                mixer_cls(
-                    d_model=d_model,
-                    num_heads=num_heads,
-                    qkv_dim=qkv_dim,
-                    attn_dropout=attn_dropout,
-                    max_len=seq_len,
-                    **(mixer_options or {}),
-                ),
-                d_model,
-                mlp_dim,
-                dropout,
-            )
-            for _ in range(num_layers)
+            Block(mixer_cls(**mixer_kwargs), d_model, mlp_dim, dropout) for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(d_model)
 
     def mixers(self) -> list[nn.Module]:
-        return [block.mixer for block in self.blocks]
+        """The token mixer's modules: one per block, plus the shared module if there is one."""
+        return [block.mixer for block in self.blocks] + ([self.shared] if self.shared is not None else [])
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         B, n = tokens.shape
@@ -121,8 +125,9 @@ class Encoder(nn.Module):
             x = torch.cat([self.cls.expand(B, -1, -1), x], dim=1)
             mask = torch.cat([mask.new_ones(B, 1), mask], dim=1)
         x = self.drop(x)
+        shared = self.shared() if self.shared is not None else {}
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask, **shared)
         x = self.norm(x)
         if self.pooling == "cls":
             return x[:, 0]

@@ -1,0 +1,359 @@
+"""Disentangled attention (DeBERTa, He et al. 2020, arXiv 2006.03654), as DeBERTa-v2/v3's code has it.
+
+For one head of size d: content Q = X W_q + b_q, K = X W_k + b_k, V = X W_v + b_v; one table
+E [2k, D] of relative-position embeddings for the whole encoder (`RelativeEmbeddings`, built by
+the encoder's shared-module hook, LayerNorm-ed once per forward) gives position keys and queries
+PK = E W_pk + b_pk and PQ = E W_pq + b_pq, or with `share_att_key` (DeBERTa-v3) the content
+projections again: PK = E W_k + b_k, PQ = E W_q + b_q.
+
+    R(i, j) = i - j                        query minus key; log-bucketed if position_buckets > 0
+    c(i, j) = clamp(R(i, j) + k, 0, 2k-1)   row of E; k = position_buckets or max_relative_positions
+    A[i, j] = ( Q_i.K_j  +  Q_i.PK[c(i,j)]  +  K_j.PQ[c(i,j)] ) / sqrt(d * sf)
+                 c2c         c2p               p2c             sf = 1 + number of position terms
+    out     = dropout(softmax(A + padding mask)) V W_o
+
+The paper writes p2c with delta(j, i). The published code, and so every released checkpoint,
+indexes both position terms with the same c(i, j) (for p2c it gathers at -R(j, i) + k, which is
+R(i, j) + k because the bucketing is odd). We follow the code.
+
+The position terms need only two small tables per head, s = 1 / sqrt(d * sf) folded in:
+C2P = s Q PK^T [n, 2k] and P2CT = s PQ K^T [2k, n]; then c2p[i, j] = C2P[i, c(i,j)] and
+p2c[i, j] = P2CT[c(i,j), j]. Three ways to finish, picked by `impl`:
+- "eager": the equations on [B, h, n, n] tensors, with autograd: the reference.
+- "sdpa": both terms gathered into one additive bias [B, h, n, n] for SDPA's kernels: on CPU the
+  flash kernel, with the bias gradient computed here (FlashWithBias); on CUDA the
+  memory-efficient kernel, which differentiates the bias itself.
+- "flex": FlexAttention reads both tables in `score_mod`, so no [n, n] tensor is stored
+  (CUDA, compiled; no attention dropout).
+"auto" is "flex" on CUDA when attention dropout is off, else "sdpa".
+Not modelled: DeBERTa's dropout on E (`pos_dropout`), which is no part of the equations.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lra.registry import MIXERS
+
+POSITION_TERMS = ("c2p", "p2c")
+IMPLS = ("auto", "eager", "sdpa", "flex")
+BLOCK_SCORES = 2**22  # FlashWithBias works on blocks of query rows of about this many scores
+# SDPA's CPU flash kernel, called directly so that the bias need not require grad (FlashWithBias)
+FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def relative_span(
+    max_len: int | None, position_buckets: int, max_relative_positions: int | None
+) -> tuple[int, int, int]:
+    """(k, buckets, max_position): E has 2k rows; max_relative_positions defaults to max_len."""
+    max_position = max_relative_positions or max_len
+    if not max_position or max_position < 1:
+        raise ValueError(
+            "disentangled attention needs max_relative_positions >= 1 (or the encoder's max_len)"
+        )
+    if position_buckets > 0:
+        if position_buckets < 2:
+            raise ValueError(f"position_buckets={position_buckets}: use 0 (off) or >= 2")
+        return position_buckets, position_buckets, max_position
+    return max_position, 0, max_position
+
+
+def log_bucket(r: torch.Tensor, buckets: int, max_position: int) -> torch.Tensor:
+    """DeBERTa-v2's `make_log_bucket_position`: |r| <= mid = buckets/2 keeps r; beyond,
+    sign(r) * (mid + ceil(ln(|r|/mid) / ln((max_position-1)/mid) * (mid-1)))."""
+    mid = buckets // 2
+    far = r.abs().clamp_min(mid)  # the log is only used where |r| > mid
+    # float32 logs, as the published code: ceil() must land on the same side at |r| = max_position-1
+    log_r = torch.ceil(
+        torch.log(far / mid) / torch.log(torch.tensor((max_position - 1) / mid)) * (mid - 1)
+    )
+    return torch.where(r.abs() <= mid, r, (torch.sign(r) * (log_r + mid)).long())
+
+
+def relative_index(n: int, k: int, buckets: int, max_position: int) -> torch.Tensor:
+    """T[R + n - 1] = c for each offset R = i - j in [-(n-1), n-1]: [2n - 1], non-decreasing."""
+    r = torch.arange(-(n - 1), n)
+    if buckets > 0:
+        r = log_bucket(r, buckets, max_position)
+    return (r + k).clamp(0, 2 * k - 1)
+
+
+class RelativeEmbeddings(nn.Module):
+    """E [2k, D], one table for the whole encoder, LayerNorm-ed once per forward when
+    `layer_norm` (DeBERTa-v2's norm_rel_ebd="layer_norm"); every layer receives the same E."""
+
+    def __init__(self, d_model: int, k: int, layer_norm: bool) -> None:
+        super().__init__()
+        self.E = nn.Parameter(torch.randn(2 * k, d_model) * 0.02)  # DeBERTa's init, std 0.02
+        # DeBERTa's eps: E's rows are small at init, where eps 1e-5 would damp the normalisation
+        self.norm = nn.LayerNorm(d_model, eps=1e-7) if layer_norm else nn.Identity()
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        return {"rel_embeddings": self.norm(self.E)}
+
+
+@MIXERS.register("disentangled")
+class DisentangledAttention(nn.Module):
+    """DeBERTa's attention as `mixer(x, mask, rel_embeddings)`; E comes from `build_shared`."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        qkv_dim: int,
+        attn_dropout: float = 0.0,
+        max_len: int | None = None,
+        pos_att_type: Sequence[str] = POSITION_TERMS,
+        share_att_key: bool = True,
+        position_buckets: int = 256,
+        max_relative_positions: int | None = None,
+        rel_layer_norm: bool = True,  # used by build_shared: LayerNorm on E
+        bias: bool = True,
+        impl: str = "auto",
+    ) -> None:
+        super().__init__()
+        if qkv_dim % num_heads:
+            raise ValueError(f"qkv_dim={qkv_dim} is not divisible by num_heads={num_heads}")
+        unknown = set(pos_att_type) - set(POSITION_TERMS)
+        if unknown:
+            raise ValueError(f"pos_att_type {sorted(unknown)} unknown: use a subset of [c2p, p2c]")
+        if impl not in IMPLS:
+            raise ValueError(f"impl='{impl}' unknown: use one of {', '.join(IMPLS)}")
+        self.k, self.buckets, self.max_position = relative_span(
+            max_len, position_buckets, max_relative_positions
+        )
+        self.h, self.d = num_heads, qkv_dim // num_heads
+        self.c2p, self.p2c = "c2p" in pos_att_type, "p2c" in pos_att_type
+        self.scale = 1 / math.sqrt(self.d * (1 + self.c2p + self.p2c))  # s = 1 / sqrt(d * sf)
+        self.dropout = attn_dropout
+        self.impl = impl
+        self.q_proj = nn.Linear(d_model, qkv_dim, bias=bias)  # W_q, b_q
+        self.k_proj = nn.Linear(d_model, qkv_dim, bias=bias)  # W_k, b_k
+        self.v_proj = nn.Linear(d_model, qkv_dim, bias=bias)  # W_v, b_v
+        self.pos_k_proj = self.pos_q_proj = None  # shared: PK, PQ from W_k, W_q
+        if not share_att_key:
+            if self.c2p:
+                self.pos_k_proj = nn.Linear(d_model, qkv_dim, bias=bias)  # W_pk, b_pk
+            if self.p2c:
+                self.pos_q_proj = nn.Linear(d_model, qkv_dim, bias=bias)  # W_pq, b_pq
+        self.out = nn.Linear(qkv_dim, d_model, bias=bias)  # W_o
+
+    @classmethod
+    def build_shared(
+        cls,
+        d_model: int,
+        max_len: int | None = None,
+        position_buckets: int = 256,
+        max_relative_positions: int | None = None,
+        rel_layer_norm: bool = True,
+        **_: object,
+    ) -> RelativeEmbeddings:
+        """The encoder's hook: one E for all layers (the other mixer options are not its own)."""
+        k, _, _ = relative_span(max_len, position_buckets, max_relative_positions)
+        return RelativeEmbeddings(d_model, k, rel_layer_norm)
+
+    def heads(self, t: torch.Tensor) -> torch.Tensor:
+        """[..., m, h*d] -> [..., h, m, d]."""
+        return t.unflatten(-1, (self.h, self.d)).transpose(-2, -3)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, rel_embeddings: torch.Tensor
+    ) -> torch.Tensor:
+        B, n, _ = x.shape
+        s = self.scale
+        Q = self.heads(self.q_proj(x))  # [B, h, n, d]
+        K = self.heads(self.k_proj(x))  # [B, h, n, d]
+        V = self.heads(self.v_proj(x))  # [B, h, n, d]
+        T = relative_index(n, self.k, self.buckets, self.max_position)  # [2n-1]: c by offset
+        lo, hi = int(T[0]), int(T[-1])  # offsets up to n-1 reach only rows lo..hi of E
+        E = rel_embeddings[lo : hi + 1]  # [<= 2k, D]
+        T = (T - lo).to(x.device)
+        C2P = P2CT = None
+        if self.c2p:
+            PK = self.heads((self.pos_k_proj or self.k_proj)(E))  # [h, 2k, d]
+            C2P = Q @ (s * PK).transpose(-1, -2)  # [B, h, n, 2k]: s Q_i.PK[c]
+        if self.p2c:
+            PQ = self.heads((self.pos_q_proj or self.q_proj)(E))  # [h, 2k, d]
+            P2CT = (s * PQ) @ K.transpose(-1, -2)  # [B, h, 2k, n]: s K_j.PQ[c]
+        dropout = self.dropout if self.training else 0.0
+        impl = self.impl
+        if impl == "auto":
+            impl = "flex" if x.is_cuda and dropout == 0 else "sdpa"
+        if impl == "flex":
+            if dropout > 0:
+                raise ValueError("impl=flex has no attention dropout: set attn_dropout=0 or impl=sdpa")
+            O = attend_flex(Q, K, V, C2P, P2CT, T, mask, s)
+        else:
+            bias = torch.zeros(B, 1, 1, n, device=x.device, dtype=Q.dtype)  # padding keys: -inf
+            bias.masked_fill_(~mask[:, None, None, :], torch.finfo(Q.dtype).min)
+            attend = attend_eager if impl == "eager" else attend_sdpa
+            O = attend(Q, K, V, C2P, P2CT, T, bias, s, dropout)  # [B, h, n, d]
+        return self.out(O.transpose(1, 2).reshape(B, n, -1))
+
+
+# --- eager: the reference ---------------------------------------------------------------------
+
+
+def logits(Q, K, C2P, P2CT, T, bias, s: float) -> torch.Tensor:
+    """A + padding bias [B, h, n, n]. Q, K: [B, h, n, d]; C2P: [B, h, n, 2k]; P2CT: [B, h, 2k, n]
+    (None when the term is off); T: relative_index; bias: [B, 1, 1, n]."""
+    B, h, n, _ = K.shape
+    i = torch.arange(n, device=T.device)
+    c = T[i[:, None] - i[None, :] + n - 1].expand(B, h, n, n)  # c(i, j)
+    A = (Q @ K.transpose(-1, -2)).mul_(s)  # c2c: s Q_i.K_j
+    if C2P is not None:
+        A += C2P.gather(-1, c)  # c2p: C2P[i, c(i, j)] = s Q_i.PK[c(i, j)]
+    if P2CT is not None:
+        A += P2CT.gather(-2, c)  # p2c: P2CT[c(i, j), j] = s K_j.PQ[c(i, j)]
+    return A + bias
+
+
+def attend_eager(Q, K, V, C2P, P2CT, T, bias, s: float, dropout: float) -> torch.Tensor:
+    """dropout(softmax(A)) V with the whole [B, h, n, n] matrix; autograd does the backward."""
+    P = torch.softmax(logits(Q, K, C2P, P2CT, T, bias, s), dim=-1)
+    return F.dropout(P, dropout, training=dropout > 0) @ V
+
+
+# --- sdpa: one gathered bias for SDPA's kernels -----------------------------------------------
+
+
+def attend_sdpa(Q, K, V, C2P, P2CT, T, bias, s: float, dropout: float) -> torch.Tensor:
+    """scaled_dot_product_attention(Q, K, V, Bias, scale=s) with Bias = c2p + p2c + padding.
+
+    The padding bias is folded into P2CT's columns (every p2c[i, j] reads column j). On CPU
+    without dropout FlashWithBias runs SDPA's flash kernel; otherwise autograd runs through SDPA
+    (CUDA: the memory-efficient kernel, which differentiates the bias; CPU: the math kernel)."""
+    P2CT = P2CT + bias if P2CT is not None else bias  # [B, h, 2k, n], or [B, 1, 1, n]
+    if Q.device.type == "cpu" and dropout == 0 and FLASH_CPU is not None:
+        return FlashWithBias.apply(Q, K, V, C2P, P2CT, T, s)
+    n = Q.shape[-2]
+    Bias = position_bias(C2P, P2CT, T.flip(0).unfold(0, n, 1), slice(0, n))
+    return F.scaled_dot_product_attention(Q, K, V, attn_mask=Bias, dropout_p=dropout, scale=s)
+
+
+def block_index(W: torch.Tensor, rows: slice, k2: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where c2p and p2c read, for i in rows [rows, n]: i * 2k + c(i, j) in C2P flattened to
+    [n * 2k], and c(i, j) * n + j in P2CT flattened to [2k * n]. (Flat gathers and scatters run
+    several times faster than 4-d ones.) W = T.flip(0).unfold(0, n, 1): W[n-1-i, j] = c(i, j)."""
+    n = W.shape[1]
+    i = torch.arange(rows.start, rows.stop, device=W.device)
+    c = W.index_select(0, n - 1 - i)  # [rows, n]: c(i, j)
+    return torch.add(c, i[:, None], alpha=k2), torch.add(torch.arange(n, device=W.device), c, alpha=n)
+
+
+def position_bias(C2P, P2CT, W, rows: slice) -> torch.Tensor:
+    """Bias[i, j] = C2P[i, c(i,j)] + P2CT[c(i,j), j] for i in rows: [B, h, rows, n].
+
+    P2CT (padding folded in) is [B, h, 2k, n], or the padding bias [B, 1, 1, n] when p2c is off."""
+    B, n, r = P2CT.shape[0], W.shape[1], rows.stop - rows.start
+    at_c2p, at_p2c = block_index(W, rows, C2P.shape[-1] if C2P is not None else 0)
+    if P2CT.shape[-2] == 1:  # no p2c: the padding bias alone
+        A = P2CT.expand(-1, -1, r, -1)
+    else:
+        h = P2CT.shape[1]
+        A = P2CT.view(B * h, -1).gather(-1, at_p2c.view(1, -1).expand(B * h, -1))
+        A = A.view(B, h, r, n)
+    if C2P is None:
+        return A
+    h = C2P.shape[1]
+    c2p = C2P.view(B * h, -1).gather(-1, at_c2p.view(1, -1).expand(B * h, -1))
+    return c2p.view(B, h, r, n).add_(A)
+
+
+def row_blocks(heads: int, n: int) -> list[slice]:
+    """Query rows in blocks of about BLOCK_SCORES scores [B*h, rows, n]."""
+    block = max(1, BLOCK_SCORES // (heads * n))
+    return [slice(start, min(start + block, n)) for start in range(0, n, block)]
+
+
+class FlashWithBias(torch.autograd.Function):
+    """Attention with the position bias on CPU: SDPA's flash kernel forward, blocked backward.
+
+    SDPA's CPU flash kernel only takes a bias that needs no gradient, so this Function gives the
+    gradients itself. Forward: Bias = position_bias [B, h, n, n], built a block of rows at a time
+    (kept for backward), and O, L = flash(Q, K, V, Bias), L the log-sum-exp of each row.
+    Backward, a block of query rows at a time, with dS the gradient of the logits:
+        P = exp(s Q K^T + Bias - L),   dV += P^T dO,   dS = P * (dO V^T - rowsum(dO * O)),
+        dQ = s dS K,   dK += s dS^T Q,   dC2P[i, c(i,j)] += dS[i, j],   dP2CT[c(i,j), j] += dS[i, j]
+    """
+
+    @staticmethod
+    def forward(ctx, Q, K, V, C2P, P2CT, T, s):
+        B, h, n, _ = Q.shape
+        W = T.flip(0).unfold(0, n, 1)
+        Bias = Q.new_empty(B, h, n, n)
+        for rows in row_blocks(B * h, n):  # small temporaries, reused rather than paged in anew
+            Bias[:, :, rows] = position_bias(C2P, P2CT, W, rows)
+        O, L = FLASH_CPU(Q, K, V, attn_mask=Bias, scale=s)  # O: [B, h, n, d], L: [B, h, n]
+        ctx.save_for_backward(Q, K, V, C2P, P2CT, T, Bias, O, L)
+        ctx.scale = s
+        return O
+
+    @staticmethod
+    def backward(ctx, dO):
+        Q, K, V, C2P, P2CT, T, Bias, O, L = ctx.saved_tensors
+        want_c2p, want_p2c = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
+        B, h, n, d = Q.shape
+        W = T.flip(0).unfold(0, n, 1)
+        delta = (dO * O).sum(-1).reshape(B * h, n, 1)  # rowsum(dO * O) = rowsum(P * dP)
+        # heads folded into the batch: [B*h, n, d], [B*h, n, n], [B*h, n, 1]
+        Q, K, V, dO = (t.contiguous().view(B * h, n, d) for t in (Q, K, V, dO))
+        Bias, L = Bias.view(B * h, n, n), L.reshape(B * h, n, 1)
+        dQ, dK, dV = torch.empty_like(Q), torch.zeros_like(K), torch.zeros_like(V)
+        dC2P = torch.zeros_like(C2P) if want_c2p else None  # [B, h, n, 2k]
+        dP2CT = torch.zeros_like(P2CT) if want_p2c else None  # [B, h, 2k, n]
+        for rows in row_blocks(B * h, n):
+            P = torch.baddbmm(Bias[:, rows], Q[:, rows], K.transpose(1, 2), alpha=ctx.scale)
+            P.sub_(L[:, rows]).exp_()  # [B*h, rows, n]
+            dV.baddbmm_(P.transpose(1, 2), dO[:, rows])
+            dS = torch.baddbmm(delta[:, rows], dO[:, rows], V.transpose(1, 2), beta=-1).mul_(P)
+            dQ[:, rows] = dS @ K
+            dK.baddbmm_(dS.transpose(1, 2), Q[:, rows])
+            dS = dS.view(B * h, -1)  # [B*h, rows * n]
+            at_c2p, at_p2c = block_index(W, rows, C2P.shape[-1] if want_c2p else 0)
+            if want_c2p:
+                dC2P.view(B * h, -1).scatter_add_(-1, at_c2p.view(1, -1).expand(B * h, -1), dS)
+            if want_p2c:
+                dP2CT.view(B * h, -1).scatter_add_(-1, at_p2c.view(1, -1).expand(B * h, -1), dS)
+        dQ, dK, dV = (t.view(B, h, n, d) for t in (dQ.mul_(ctx.scale), dK.mul_(ctx.scale), dV))
+        return dQ, dK, dV, dC2P, dP2CT, None, None
+
+
+# --- flex: FlexAttention, no [n, n] tensor (CUDA) ---------------------------------------------
+
+
+@functools.cache
+def compiled_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention)
+
+
+def attend_flex(Q, K, V, C2P, P2CT, T, keep, s: float) -> torch.Tensor:
+    """FlexAttention with c2p + p2c added in `score_mod` from the small tables; padding keys are
+    skipped by the block mask. Compiled on CUDA; elsewhere flex_attention's eager reference
+    (forward only), which the tests use."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    B, _, n, _ = Q.shape
+    compiled = Q.is_cuda
+    zero = Q.new_zeros(())
+
+    def score_mod(score, b, h, i, j):  # score = s Q_i.K_j
+        c = T[i - j + n - 1]
+        c2p = C2P[b, h, i, c] if C2P is not None else zero
+        p2c = P2CT[b, h, c, j] if P2CT is not None else zero
+        return score + c2p + p2c
+
+    def real_key(b, h, i, j):
+        return keep[b, j]
+
+    mask = create_block_mask(real_key, B, None, n, n, device=Q.device, _compile=compiled)
+    attention = compiled_flex_attention() if compiled else flex_attention
+    return attention(Q, K, V, score_mod=score_mod, block_mask=mask, scale=s)

@@ -39,7 +39,9 @@ BASELINE = "baseline"
 
 
 class ParameterBudgetError(ValueError):
-    pass
+    def __init__(self, message: str, facts: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.facts = facts or {}
 
 
 def count(cfg: DictConfig) -> dict[str, int]:
@@ -139,7 +141,8 @@ def match_parameters(cfg: DictConfig) -> dict[str, Any]:
             f"{facts['total']:,} parameters with {facts['knob']}={facts['value']}, "
             f"{100 * facts['deviation']:+.2f}% from the budget {facts['budget']:,} (tolerance "
             f"{100 * cfg.params.tolerance:g}%). Widen params.tolerance, set params.budget, choose "
-            f"another match.knob in conf/model/{cfg.model.name}.yaml, or params.match=false"
+            f"another match.knob in conf/model/{cfg.model.name}.yaml, or params.match=false",
+            facts,
         )
     OmegaConf.update(cfg, facts["knob"], facts["value"], merge=False)
     log.info(
@@ -167,7 +170,12 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = [head, "|---|---|---:|---:|---:|---|---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['task']} | {r['model']} | | | | {r['error']} | |")
+            f = r["facts"]
+            lines.append(
+                f"| {r['task']} | {r['model']} | {f['budget']:,} | **{f['total']:,}** | "
+                f"**{100 * f['deviation']:+.2f}%** | `{f['knob']}` = {f['value']}: closest "
+                f"reachable total, outside tolerance | {100 * f['mixer'] / f['total']:.1f}% |"
+            )
             continue
         knob = f"`{r['knob']}` = {r['value']}" if r["knob"] else "(equal dimensions)"
         lines.append(
@@ -209,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"task": task, "model": model, **facts})
             except ParameterBudgetError as e:
                 bad += 1
-                rows.append({"task": task, "model": model, "error": str(e)})
+                rows.append({"task": task, "model": model, "error": str(e), "facts": e.facts})
     print(table(rows))
     if bad:
         print(f"\n{bad} combination(s) outside tolerance", file=sys.stderr)

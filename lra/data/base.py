@@ -249,6 +249,23 @@ def arrow_batches(path: Path) -> Iterator[pa.RecordBatch]:
         yield from (reader.get_batch(i) for i in range(reader.num_record_batches))
 
 
+def local_or_hub(
+    dataset: str, expected: str, download: bool, name: str, out_dir: Path,
+    splits: Sequence[str], cache_dir: Path,
+) -> None:  # fmt: skip
+    """When the local files are missing: if `download`, the Hub copy saved under out_dir; else (or
+    offline) FileNotFoundError naming what is expected where and how to get it."""
+    if not download:
+        raise FileNotFoundError(f"{dataset} not found: expected {expected}")
+    try:
+        download_from_hub(name, out_dir, splits, cache_dir)
+    except Exception as e:  # offline: ConnectionError, or whatever the Hub client raises
+        raise FileNotFoundError(
+            f"{dataset} not found and datasets.load_dataset({name!r}) failed "
+            f"({type(e).__name__}: {e}): expected {expected}"
+        ) from e
+
+
 def download_from_hub(name: str, out_dir: Path, splits: Sequence[str], cache_dir: Path) -> None:
     """`datasets.load_dataset(name)` (needs a network the first time), saved as
     out_dir/{split}.parquet so that every later run reads local files."""

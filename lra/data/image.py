@@ -33,7 +33,7 @@ from PIL import Image
 from lra.data.base import (
     PIXEL_VOCAB,
     LRADataModule,
-    download_from_hub,
+    local_or_hub,
     iter_table,
     pixel_tokens,
     table_files,
@@ -122,15 +122,8 @@ class ImageDataModule(LRADataModule):
             f"{PYTHON_URL} and unpack it into {self.dir}) or Parquet/Arrow files "
             f"{self.dir / 'cifar10'}/{{train,test}}*.parquet"
         )
-        if not self.download:
-            raise FileNotFoundError(f"CIFAR-10 not found: expected {expected}")
-        try:
-            download_from_hub(HUB_NAME, self.dir / "cifar10", SOURCE_SPLITS, self.cache_dir / "hub")
-        except Exception as e:  # offline: ConnectionError, or whatever the Hub client raises
-            raise FileNotFoundError(
-                f"CIFAR-10 not found and datasets.load_dataset({HUB_NAME!r}) failed "
-                f"({type(e).__name__}: {e}): expected {expected}"
-            ) from e
+        local_or_hub("CIFAR-10", expected, self.download, HUB_NAME, self.dir / "cifar10",
+                     SOURCE_SPLITS, self.cache_dir / "hub")  # fmt: skip
 
     def read_source(self, source: str) -> Iterator[tuple[np.ndarray, int]]:
         files = self.source_files(source)

@@ -23,7 +23,7 @@ from lra.data.base import (
     BYTE_VOCAB,
     LRADataModule,
     byte_tokens,
-    download_from_hub,
+    local_or_hub,
     iter_table,
     table_files,
 )
@@ -96,15 +96,8 @@ class TextDataModule(LRADataModule):
             f"and unpack it into {self.dir}) or Parquet/Arrow files "
             f"{self.dir / 'imdb'}/{{train,test}}*.parquet"
         )
-        if not self.download:
-            raise FileNotFoundError(f"IMDB not found: expected {expected}")
-        try:
-            download_from_hub(HUB_NAME, self.dir / "imdb", SOURCE_SPLITS, self.cache_dir / "hub")
-        except Exception as e:  # offline: ConnectionError, or whatever the Hub client raises
-            raise FileNotFoundError(
-                f"IMDB not found and datasets.load_dataset({HUB_NAME!r}) failed "
-                f"({type(e).__name__}: {e}): expected {expected}"
-            ) from e
+        local_or_hub("IMDB", expected, self.download, HUB_NAME, self.dir / "imdb",
+                     SOURCE_SPLITS, self.cache_dir / "hub")  # fmt: skip
 
     def read_source(self, source: str) -> Iterator[tuple[bytes, int]]:
         files = self.source_files(source)

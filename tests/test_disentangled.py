@@ -280,12 +280,12 @@ def test_flash_with_bias_passes_gradcheck(monkeypatch) -> None:
     B, h, n, d, k2 = 2, 1, 6, 2, 5
     Q, K, V = (torch.randn(B, h, n, d, dtype=torch.float64, requires_grad=True) for _ in "qkv")
     C2P = torch.randn(B, h, n, k2, dtype=torch.float64, requires_grad=True)
-    P2CT = torch.randn(B, h, k2, n, dtype=torch.float64)
-    P2CT[1, :, :, -2:] = torch.finfo(torch.float64).min  # two padding keys in sequence 1
-    P2CT.requires_grad_()
+    P2CT = torch.randn(B, h, k2, n, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(B, 1, 1, n, dtype=torch.float64)
+    bias[1, ..., -2:] = torch.finfo(torch.float64).min  # two padding keys in sequence 1
     T = relative_index(n, k=2, buckets=0, max_position=2)  # c in 0..3 of 5 rows
     assert torch.autograd.gradcheck(
-        lambda *t: FlashWithBias.apply(*t, T, 0.4), (Q, K, V, C2P, P2CT), atol=1e-7
+        lambda *t: FlashWithBias.apply(*t, T, bias, 0.4), (Q, K, V, C2P, P2CT), atol=1e-7
     )
 
 
@@ -373,6 +373,18 @@ def test_model_config_turns_absolute_positions_off_unless_overridden() -> None:
         assert compose("config", overrides=again).task.encoder.pos_emb == "sinusoidal"
         baseline = compose("config", overrides=["task=listops_small", "model=baseline"])
         assert baseline.task.encoder.pos_emb == "sinusoidal", "other models keep the task's"
+
+
+def test_benchmark_layers_run_and_tabulate() -> None:
+    from lra.bench import disentangled as bench
+
+    for row in bench.ROWS:  # each factory builds and steps at a tiny size, in this process
+        factory, kwargs = bench.POINTS[row]
+        getattr(bench, factory)(n=24, B=1, D=16, heads=2, mlp=32, **kwargs)()
+    points = [{"row": row, "n": 24, "seconds": 0.5, "peak_mb": 10.0} for row in bench.ROWS]
+    points[0]["seconds"] = 0.25
+    lines = bench.table(points, list(bench.ROWS), [24]).splitlines()
+    assert lines[2] == "| disentangled | 250 | 10 | 0.50 |", "time, memory, time / transformers"
 
 
 # --- through the real CLI -------------------------------------------------------------------

@@ -171,9 +171,9 @@ class DisentangledAttention(nn.Module):
         K = self.heads(self.k_proj(x))  # [B, h, n, d]
         V = self.heads(self.v_proj(x))  # [B, h, n, d]
         T = relative_index(n, self.k, self.buckets, self.max_position)  # [2n-1]: c by offset
-        lo, hi = int(T[0]), int(T[-1])  # offsets up to n-1 reach only rows lo..hi of E
-        E = rel_embeddings[lo : hi + 1]  # [<= 2k, D]
-        T = (T - lo).to(x.device)
+        used, T = torch.unique(T, return_inverse=True)  # short sequences reach few rows of E
+        E = rel_embeddings[used.to(x.device)]  # [<= 2k, D]
+        T = T.to(x.device)
         C2P = P2CT = None
         if self.c2p:
             PK = self.heads((self.pos_k_proj or self.k_proj)(E))  # [h, 2k, d]
@@ -226,14 +226,12 @@ def attend_eager(Q, K, V, C2P, P2CT, T, bias, s: float, dropout: float) -> torch
 def attend_sdpa(Q, K, V, C2P, P2CT, T, bias, s: float, dropout: float) -> torch.Tensor:
     """scaled_dot_product_attention(Q, K, V, Bias, scale=s) with Bias = c2p + p2c + padding.
 
-    The padding bias is folded into P2CT's columns (every p2c[i, j] reads column j). On CPU
-    without dropout FlashWithBias runs SDPA's flash kernel; otherwise autograd runs through SDPA
-    (CUDA: the memory-efficient kernel, which differentiates the bias; CPU: the math kernel)."""
-    P2CT = P2CT + bias if P2CT is not None else bias  # [B, h, 2k, n], or [B, 1, 1, n]
+    On CPU without dropout FlashWithBias runs SDPA's flash kernel; otherwise autograd runs
+    through SDPA (CUDA: the memory-efficient kernel, which differentiates the bias; CPU: math)."""
     if Q.device.type == "cpu" and dropout == 0 and FLASH_CPU is not None:
-        return FlashWithBias.apply(Q, K, V, C2P, P2CT, T, s)
+        return FlashWithBias.apply(Q, K, V, C2P, P2CT, T, bias, s)
     n = Q.shape[-2]
-    Bias = position_bias(C2P, P2CT, T.flip(0).unfold(0, n, 1), slice(0, n))
+    Bias = position_bias(C2P, P2CT, bias, T.flip(0).unfold(0, n, 1), slice(0, n))
     return F.scaled_dot_product_attention(Q, K, V, attn_mask=Bias, dropout_p=dropout, scale=s)
 
 
@@ -247,23 +245,17 @@ def block_index(W: torch.Tensor, rows: slice, k2: int) -> tuple[torch.Tensor, to
     return torch.add(c, i[:, None], alpha=k2), torch.add(torch.arange(n, device=W.device), c, alpha=n)
 
 
-def position_bias(C2P, P2CT, W, rows: slice) -> torch.Tensor:
-    """Bias[i, j] = C2P[i, c(i,j)] + P2CT[c(i,j), j] for i in rows: [B, h, rows, n].
-
-    P2CT (padding folded in) is [B, h, 2k, n], or the padding bias [B, 1, 1, n] when p2c is off."""
-    B, n, r = P2CT.shape[0], W.shape[1], rows.stop - rows.start
+def position_bias(C2P, P2CT, bias, W, rows: slice) -> torch.Tensor:
+    """Bias[i, j] = C2P[i, c(i,j)] + P2CT[c(i,j), j] + bias[j] for i in rows: [B, h, rows, n]."""
+    B, n, r = bias.shape[0], W.shape[1], rows.stop - rows.start
     at_c2p, at_p2c = block_index(W, rows, C2P.shape[-1] if C2P is not None else 0)
-    if P2CT.shape[-2] == 1:  # no p2c: the padding bias alone
-        A = P2CT.expand(-1, -1, r, -1)
-    else:
-        h = P2CT.shape[1]
-        A = P2CT.view(B * h, -1).gather(-1, at_p2c.view(1, -1).expand(B * h, -1))
-        A = A.view(B, h, r, n)
-    if C2P is None:
-        return A
-    h = C2P.shape[1]
-    c2p = C2P.view(B * h, -1).gather(-1, at_c2p.view(1, -1).expand(B * h, -1))
-    return c2p.view(B, h, r, n).add_(A)
+    A = bias.expand(-1, -1, r, -1)  # [B, 1, rows, n]: padding keys
+    for table, at in ((C2P, at_c2p), (P2CT, at_p2c)):
+        if table is not None:
+            h = table.shape[1]
+            term = table.view(B * h, -1).gather(-1, at.view(1, -1).expand(B * h, -1))
+            A = term.view(B, h, r, n).add_(A)
+    return A
 
 
 def row_blocks(heads: int, n: int) -> list[slice]:
@@ -284,12 +276,12 @@ class FlashWithBias(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, Q, K, V, C2P, P2CT, T, s):
+    def forward(ctx, Q, K, V, C2P, P2CT, T, bias, s):
         B, h, n, _ = Q.shape
         W = T.flip(0).unfold(0, n, 1)
         Bias = Q.new_empty(B, h, n, n)
         for rows in row_blocks(B * h, n):  # small temporaries, reused rather than paged in anew
-            Bias[:, :, rows] = position_bias(C2P, P2CT, W, rows)
+            Bias[:, :, rows] = position_bias(C2P, P2CT, bias, W, rows)
         O, L = FLASH_CPU(Q, K, V, attn_mask=Bias, scale=s)  # O: [B, h, n, d], L: [B, h, n]
         ctx.save_for_backward(Q, K, V, C2P, P2CT, T, Bias, O, L)
         ctx.scale = s
@@ -322,7 +314,7 @@ class FlashWithBias(torch.autograd.Function):
             if want_p2c:
                 dP2CT.view(B * h, -1).scatter_add_(-1, at_p2c.view(1, -1).expand(B * h, -1), dS)
         dQ, dK, dV = (t.view(B, h, n, d) for t in (dQ.mul_(ctx.scale), dK.mul_(ctx.scale), dV))
-        return dQ, dK, dV, dC2P, dP2CT, None, None
+        return dQ, dK, dV, dC2P, dP2CT, None, None, None
 
 
 # --- flex: FlexAttention, no [n, n] tensor (CUDA) ---------------------------------------------

@@ -5,9 +5,12 @@ Transformer; the IGLOO paper's figures are doubted because its counts could not 
 
 - the **budget** of a task is the trainable-parameter count of the `baseline` model at the task's
   encoder shape, computed by building it (`params.budget=N` overrides it);
-- each model config names the **knob** it may turn (`match.knob`, a config path: by default the
-  MLP width `task.encoder.mlp_dim`), and the solver picks the integer value whose total is closest
-  to the budget; outside `params.tolerance` (relative, default 1%) the run stops before training;
+- each model config names the **knobs** it may turn (`match.knobs`: config paths of integer
+  widths, each with a `min`; by default the MLP width `task.encoder.mlp_dim`). They are turned in
+  order, each to the integer value whose total is closest to the budget, the ones before it held
+  where they came closest; the first that brings the total within `params.tolerance` (relative,
+  default 1%) ends the search, so a later knob moves only when the earlier ones cannot meet the
+  budget on their own. Outside tolerance after the last knob, the run stops before training;
 - `params.match=false` compares at equal dimensions instead, and says so.
 
 Counts are of what trains: every parameter with requires_grad (embeddings, mixers, MLPs, head,
@@ -70,53 +73,85 @@ def budget(cfg: DictConfig) -> int:
     return count(with_model(cfg, BASELINE))["total"]
 
 
-def closest_value(total: Callable[[int], int], target: int, start: int) -> int:
-    """The integer v >= 1 whose total(v) is closest to target, for total non-decreasing in v.
+def closest_value(
+    total: Callable[[int], int], target: int, start: int, low: int = 1, high: int = 1 << 24
+) -> int:
+    """The integer v in [low, high] whose total(v) is closest to target, total non-decreasing in v.
 
     Totals are (nearly) linear in a width, so a secant through two builds predicts v; a bracket
     around the prediction, widened until it holds the target, is then bisected (few builds)."""
-    a, b = total(start), total(2 * start)
-    guess = start + round((target - a) * start / (b - a)) if b > a else start
-    lo, hi = max(1, guess - 1), max(2, guess + 1)
-    while lo > 1 and total(lo) >= target:  # widen down: total(lo) < target, or lo == 1
-        lo = max(1, lo - 2 * (hi - lo))
-    while total(hi) < target and hi < 1 << 24:  # widen up: total(hi) >= target
-        lo, hi = hi, 2 * hi
-    while hi - lo > 1:  # invariant: total(lo) < target <= total(hi), unless lo == 1
+    clip = lambda v: min(max(v, low), high)  # noqa: E731
+    start = clip(start)
+    other = clip(2 * start) if clip(2 * start) != start else clip(start // 2)
+    a, b = total(start), total(other)
+    guess = start + round((target - a) * (other - start) / (b - a)) if b != a else start
+    lo, hi = clip(guess - 1), clip(guess + 1)
+    while lo > low and total(lo) >= target:  # widen down: total(lo) < target, or lo == low
+        lo = clip(lo - 2 * max(hi - lo, 1))
+    while hi < high and total(hi) < target:  # widen up: total(hi) >= target, or hi == high
+        lo, hi = hi, clip(2 * hi)
+    while hi - lo > 1:  # invariant: total(lo) < target <= total(hi), unless at a bound
         mid = (lo + hi) // 2
         if total(mid) < target:
             lo = mid
         else:
             hi = mid
-    return min((lo, hi), key=lambda v: (abs(total(v) - target), v))
+    return min({lo, hi}, key=lambda v: (abs(total(v) - target), v))
+
+
+DEFAULT_KNOBS = [{"path": "task.encoder.mlp_dim", "min": 1}]
+
+
+def knobs_of(cfg: DictConfig) -> list[dict[str, Any]]:
+    """The model's `match.knobs`, each {path, min, max}, checked: every path an integer in `cfg`."""
+    knobs = OmegaConf.select(cfg, "model.match.knobs")
+    knobs = (
+        copy.deepcopy(DEFAULT_KNOBS)
+        if knobs is None
+        else OmegaConf.to_container(knobs, resolve=True)
+    )
+    for knob in knobs:
+        value = OmegaConf.select(cfg, knob["path"])
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ParameterBudgetError(
+                f"model '{cfg.model.name}': match.knobs path '{knob['path']}' is not an integer "
+                f"in the config (found {value!r}); name an integer width in "
+                f"conf/model/{cfg.model.name}.yaml"
+            )
+        knob.setdefault("min", 1)
+        knob.setdefault("max", 1 << 24)
+    return knobs
 
 
 def solve(cfg: DictConfig) -> dict[str, Any]:
-    """The knob value and counts that bring `cfg`'s model closest to its task's budget."""
+    """The knob values and counts that bring `cfg`'s model closest to its task's budget."""
     target = budget(cfg)
-    knob = cfg.model.get("match", {}).get("knob", "task.encoder.mlp_dim")
-    start = OmegaConf.select(cfg, knob)
-    if not isinstance(start, int):
-        raise ParameterBudgetError(
-            f"model '{cfg.model.name}': match.knob '{knob}' is not an integer in the config "
-            f"(found {start!r}); name an integer width in conf/model/{cfg.model.name}.yaml"
+    trial = copy.deepcopy(cfg)
+    cache: dict[tuple, dict[str, int]] = {}
+    chosen: dict[str, int] = {}
+
+    def counts_at(path: str, v: int) -> dict[str, int]:
+        key = (*chosen.items(), (path, v))
+        if key not in cache:
+            OmegaConf.update(trial, path, v, merge=False)
+            cache[key] = count(trial)
+        return cache[key]
+
+    for knob in knobs_of(cfg):
+        path = knob["path"]
+        start = OmegaConf.select(cfg, path)
+        value = closest_value(
+            lambda v, p=path: counts_at(p, v)["total"], target, start, knob["min"], knob["max"]
         )
-    cache: dict[int, dict[str, int]] = {}
-
-    def counts_at(v: int) -> dict[str, int]:
-        if v not in cache:
-            trial = copy.deepcopy(cfg)
-            OmegaConf.update(trial, knob, v, merge=False)
-            cache[v] = count(trial)
-        return cache[v]
-
-    value = closest_value(lambda v: counts_at(v)["total"], target, start)
-    counts = counts_at(value)
+        counts = counts_at(path, value)
+        chosen[path] = value
+        OmegaConf.update(trial, path, value, merge=False)
+        if abs(counts["total"] - target) <= cfg.params.tolerance * target:
+            break
     return {
         "match": True,
         "budget": target,
-        "knob": knob,
-        "value": value,
+        "knobs": chosen,
         "total": counts["total"],
         "mixer": counts["mixer"],
         "deviation": (counts["total"] - target) / target,
@@ -132,23 +167,24 @@ def match_parameters(cfg: DictConfig) -> dict[str, Any]:
             "params.match=false: comparing at equal dimensions, %s has %d parameters (budget %d)",
             cfg.model.name, counts["total"], target,
         )  # fmt: skip
-        return {"match": False, "budget": target, "knob": None, "value": None, **counts,
+        return {"match": False, "budget": target, "knobs": {}, **counts,
                 "deviation": (counts["total"] - target) / target}  # fmt: skip
     facts = solve(cfg)
+    turned = ", ".join(f"{path}={value}" for path, value in facts["knobs"].items())
     if abs(facts["deviation"]) > cfg.params.tolerance:
         raise ParameterBudgetError(
             f"model={cfg.model.name} task={cfg.task.name}: the closest reachable total is "
-            f"{facts['total']:,} parameters with {facts['knob']}={facts['value']}, "
+            f"{facts['total']:,} parameters with {turned}, "
             f"{100 * facts['deviation']:+.2f}% from the budget {facts['budget']:,} (tolerance "
-            f"{100 * cfg.params.tolerance:g}%). Widen params.tolerance, set params.budget, choose "
-            f"another match.knob in conf/model/{cfg.model.name}.yaml, or params.match=false",
+            f"{100 * cfg.params.tolerance:g}%). Widen params.tolerance, set params.budget, change "
+            f"match.knobs in conf/model/{cfg.model.name}.yaml, or params.match=false",
             facts,
         )
-    OmegaConf.update(cfg, facts["knob"], facts["value"], merge=False)
+    for path, value in facts["knobs"].items():
+        OmegaConf.update(cfg, path, value, merge=False)
     log.info(
-        "matched %s to the %s budget %d: %s=%d gives %d (%+.2f%%)", cfg.model.name,
-        cfg.task.name, facts["budget"], facts["knob"], facts["value"], facts["total"],
-        100 * facts["deviation"],
+        "matched %s to the %s budget %d: %s gives %d (%+.2f%%)", cfg.model.name,
+        cfg.task.name, facts["budget"], turned, facts["total"], 100 * facts["deviation"],
     )  # fmt: skip
     return facts
 
@@ -165,22 +201,21 @@ def configs(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+def knob_cell(knobs: dict[str, int]) -> str:
+    return ", ".join(f"`{path}` = {value}" for path, value in knobs.items()) or "(equal dimensions)"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    head = "| task | model | budget | total | deviation | knob = value | mixer share |"
+    head = "| task | model | budget | total | deviation | knobs | mixer share |"
     lines = [head, "|---|---|---:|---:|---:|---|---:|"]
     for r in rows:
-        if "error" in r:
-            f = r["facts"]
-            lines.append(
-                f"| {r['task']} | {r['model']} | {f['budget']:,} | **{f['total']:,}** | "
-                f"**{100 * f['deviation']:+.2f}%** | `{f['knob']}` = {f['value']}: closest "
-                f"reachable total, outside tolerance | {100 * f['mixer'] / f['total']:.1f}% |"
-            )
-            continue
-        knob = f"`{r['knob']}` = {r['value']}" if r["knob"] else "(equal dimensions)"
+        f, off = r.get("facts", r), "error" in r
+        bold = (lambda x: f"**{x}**") if off else (lambda x: x)  # noqa: E731
+        note = ": closest reachable total, outside tolerance" if off else ""
+        total, deviation = f"{f['total']:,}", f"{100 * f['deviation']:+.2f}%"
         lines.append(
-            f"| {r['task']} | {r['model']} | {r['budget']:,} | {r['total']:,} | "
-            f"{100 * r['deviation']:+.2f}% | {knob} | {100 * r['mixer'] / r['total']:.1f}% |"
+            f"| {r['task']} | {r['model']} | {f['budget']:,} | {bold(total)} | {bold(deviation)} | "
+            f"{knob_cell(f['knobs'])}{note} | {100 * f['mixer'] / f['total']:.1f}% |"
         )
     return "\n".join(lines)
 

@@ -78,11 +78,14 @@ def build_datamodule(cfg: DictConfig) -> LRADataModule:
 
 def build_net(cfg: DictConfig) -> torch.nn.Module:
     """The network the task trains. The model names a whole architecture; by default
-    (`encoder`) the shared encoder with the task's shape and head and the model's mixer."""
+    (`encoder`) the shared encoder with the task's shape and head and the model's mixer. A model
+    may change the task's encoder in `model.encoder` (disentangled: no absolute positions)."""
     build = ARCHITECTURES.get(cfg.model.get("architecture", "encoder"))
     return build(
         OmegaConf.to_container(cfg.model, resolve=True),
-        OmegaConf.to_container(cfg.task.encoder, resolve=True),
+        OmegaConf.to_container(
+            OmegaConf.merge(cfg.task.encoder, cfg.model.get("encoder", {})), resolve=True
+        ),
         vocab_size=cfg.task.vocab_size,
         num_classes=cfg.task.num_classes,
         head=cfg.task.get("head", "single"),

@@ -365,14 +365,22 @@ def test_bad_options_name_the_fix() -> None:
 def test_model_config_turns_absolute_positions_off_unless_overridden() -> None:
     from hydra import compose, initialize_config_dir
 
+    from lra.train import build_net
+
+    def has_position_table(cfg) -> bool:
+        return any(name.endswith(".pos") for name, _ in build_net(cfg).named_parameters())
+
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["task=listops_small", "model=disentangled"])
-        assert cfg.task.encoder.pos_emb == "none"
+        learned = ["task=listops_small", "task.encoder.pos_emb=learned"]
+        cfg = compose("config", overrides=[*learned, "model=disentangled"])
+        assert cfg.model.encoder.pos_emb == "none" and not has_position_table(cfg)
+        assert cfg.task.encoder.pos_emb == "learned", "the task's own encoder is left as it is"
         assert cfg.model.mixer.max_relative_positions == 200, "the task's max length"
-        again = ["task=listops_small", "model=disentangled", "task.encoder.pos_emb=sinusoidal"]
-        assert compose("config", overrides=again).task.encoder.pos_emb == "sinusoidal"
-        baseline = compose("config", overrides=["task=listops_small", "model=baseline"])
-        assert baseline.task.encoder.pos_emb == "sinusoidal", "other models keep the task's"
+        again = compose("config", overrides=[*learned, "model=disentangled",
+                                              "model.encoder.pos_emb=learned"])  # fmt: skip
+        assert has_position_table(again)
+        baseline = compose("config", overrides=[*learned, "model=baseline"])
+        assert has_position_table(baseline), "other models keep the task's"
 
 
 def test_benchmark_layers_run_and_tabulate() -> None:
@@ -401,6 +409,6 @@ def test_cli_trains_model_disentangled_without_absolute_positions(cli: CLI) -> N
     assert 0.0 <= r["test_acc"] <= 1.0 and r["train_tokens_per_s"] > 0
     mixer = r["config"]["model"]["mixer"]
     assert mixer["name"] == "disentangled" and mixer["max_relative_positions"] == 200
-    assert r["config"]["task"]["encoder"]["pos_emb"] == "none", "DeBERTa-v3: relative only"
+    assert r["config"]["model"]["encoder"]["pos_emb"] == "none", "DeBERTa-v3: relative only"
     # 2 layers of 4 projections (32x32 + 32) and one table E [512, 32] with its LayerNorm
     assert r["params"]["mixer"] == 2 * 4 * (32 * 32 + 32) + 512 * 32 + 2 * 32

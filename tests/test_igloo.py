@@ -154,11 +154,27 @@ def test_checkpoint_restores_the_index_tables(tmp_path) -> None:
     assert torch.equal(fresh(x, mask), saved(x, mask))
 
 
+def test_coarser_scale_rows_equal_a_full_b_repeated_over_blocks_of_positions() -> None:
+    coarse = mixer(n=96, scale_rows=3)
+    assert coarse.B.shape == (3, D), "R rows of width dv: R * dv parameters"
+    with torch.no_grad():
+        coarse.B.copy_(torch.randn(3, D, generator=torch.Generator().manual_seed(2)))
+    full = mixer(n=96)  # the same seed: the same weights and tables, B with one row per position
+    state = {**coarse.state_dict(), "B": coarse.B.detach().repeat_interleave(32, dim=0)}
+    full.load_state_dict(state)
+    x, mask = inputs(96, [96, 70])
+    torch.testing.assert_close(coarse(x, mask), full(x, mask))
+    shared = mixer(n=96, scale_rows=1)
+    assert shared.B.shape == (1, D), "R = 1: one scale per channel, none per position"
+
+
 def test_bad_options_are_named() -> None:
     with pytest.raises(ValueError, match="sampling='random' is not one of local, global, mixed"):
         mixer(sampling="random")
     with pytest.raises(ValueError, match="patch_size=96 needs 1 <= patch_size < max_len=96"):
         mixer(patch_size=96)
+    with pytest.raises(ValueError, match="scale_rows=97 needs 1 <= scale_rows <= max_len=96"):
+        mixer(scale_rows=97)
 
 
 # --- the original LRA IGLOO model --------------------------------------------------------------

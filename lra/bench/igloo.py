@@ -38,7 +38,10 @@ def mixer_step(
     """The factory `lra.bench.measure` calls in the child process: build once, return step()."""
     if threads:
         torch.set_num_threads(threads)
-    options = OmegaConf.to_container(OmegaConf.load(CONF / f"{model}.yaml").mixer)
+    cfg = OmegaConf.create(
+        {"task": {"max_len": n}, "model": OmegaConf.load(CONF / f"{model}.yaml")}
+    )
+    options = OmegaConf.to_container(cfg.model.mixer, resolve=True)  # ${task.max_len} is n
     name = options.pop("name")
     mixer = MIXERS.get(name)(
         d_model=d_model, num_heads=heads, qkv_dim=d_model, max_len=n, **options

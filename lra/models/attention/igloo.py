@@ -30,9 +30,13 @@ Choices made here (also in the README):
   ≥ n reads as padding, so outputs do not depend on how far a batch is padded.
 - `score_norm: softmax` is step 4 (the paper); `none` uses T1 as it is (lra-igloo's code). A
   position whose every patch has a padding value position gets O_i = 0.
-- Widths: the values have width qkv_dim (W1: D -> qkv_dim, B ∈ R^{n×qkv_dim}, W_O: qkv_dim -> D;
-  qkv_dim = D in every task, so B ∈ R^{n×D} as the seed's B ∈ R^{n×1×d}). B starts at 1.
-  `num_heads` is unused; `attn_dropout` drops entries of P.
+- Widths: the values have width dv = qkv_dim (W1: D -> dv, B ∈ R^{n×dv}, W_O: dv -> D; with
+  dv = D, B ∈ R^{n×D} as the seed's B ∈ R^{n×1×d}). B starts at 1. `num_heads` is unused;
+  `attn_dropout` drops entries of P.
+- `scale_rows` R (default max_len: the paper's one row per position) lets B be coarser for
+  parameter matching: B ∈ R^{R×dv} and position i uses row ⌊i·R/max_len⌋, so consecutive blocks
+  of max_len/R positions share a row; R = 1 is one scale per channel. B costs R·dv parameters and
+  nothing else in the mixer grows with n, so at long n and small D it is what lra.params turns.
 
 Linear cost, without a [B, n, d1, patch_size, d_conv] tensor: W is shared across positions, so
 step 3 projects first, G[j, p, l] = Σ_c W[p, l, c] H[j, c] ([n, d1·patch_size], the same FLOPs),
@@ -149,6 +153,7 @@ class IglooSeq(nn.Module):
         score_norm: str = "softmax",
         bias: bool = True,
         seed: int | None = None,
+        scale_rows: int | None = None,
     ) -> None:
         super().__init__()
         if max_len is None:
@@ -160,6 +165,9 @@ class IglooSeq(nn.Module):
                 f"igloo: patch_size={patch_size} needs 1 <= patch_size < max_len={max_len} "
                 "(a patch that leaves out its own position needs patch_size other positions)"
             )
+        R = max_len if scale_rows is None else scale_rows
+        if not 1 <= R <= max_len:
+            raise ValueError(f"igloo: scale_rows={R} needs 1 <= scale_rows <= max_len={max_len}")
         self.pad = CONV_PADDING[choice("padding", padding, CONV_PADDING)](conv_kernel)
         self.normalise = SCORE_NORMS[choice("score_norm", score_norm, SCORE_NORMS)]
         choice("sampling", sampling, LOCAL_SLOTS)
@@ -170,7 +178,9 @@ class IglooSeq(nn.Module):
         )
         self.b = nn.Parameter(torch.zeros(d1))
         self.W1 = nn.Linear(d_model, qkv_dim, bias=bias)
-        self.B = nn.Parameter(torch.ones(max_len, qkv_dim))
+        self.B = nn.Parameter(torch.ones(R, qkv_dim))
+        row = torch.arange(max_len) * R // max_len  # [max_len]: the row of B that position i uses
+        self.register_buffer("row", row, persistent=False)
         self.out = nn.Linear(qkv_dim, d_model, bias=bias)
         self.drop = nn.Dropout(attn_dropout)
         if torch.get_default_device().type == "meta":  # counting parameters: tables not needed
@@ -211,4 +221,4 @@ class IglooSeq(nn.Module):
             per_sample_weights=P.reshape(Bsz * n, d1).to(T2.dtype),
             mode="sum",
         )
-        return self.out(O.view(Bsz, n, -1) * self.B[:n])
+        return self.out(O.view(Bsz, n, -1) * self.B[self.row[:n]])

@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import CLI, ok
 from omegaconf import OmegaConf
+from wandb_records import read_offline_run
 
 from lra.params import (
     ParameterBudgetError,
@@ -97,10 +98,14 @@ def test_match_false_compares_at_equal_dimensions() -> None:
 
 
 def test_counts_in_results_are_the_trainable_parameters_of_the_trained_model(cli: CLI) -> None:
-    ok(cli.run("logger=csv", "params.match=true", "params.budget=30000"))
+    ok(cli.run("params.match=true", "params.budget=30000"))
     r = cli.results()
     p = r["params"]
     assert p["match"] and p["budget"] == 30000 and abs(p["deviation"]) <= 0.01
+    (offline,) = (cli.root / "run" / "wandb").glob("offline-run-*")
+    run = read_offline_run(offline)
+    assert run["config"]["params"] == p, "budget, knobs, totals, deviation in the W&B config"
+    assert run["summary"]["params/deviation"] == p["deviation"]
     assert p["knobs"] == {"task.encoder.mlp_dim": r["config"]["task"]["encoder"]["mlp_dim"]}
     net = build_net(OmegaConf.create(r["config"]))
     named = {n: t.numel() for n, t in net.named_parameters() if t.requires_grad}

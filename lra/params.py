@@ -6,7 +6,7 @@ Transformer; the IGLOO paper's figures are doubted because its counts could not 
 - the **budget** of a task is the trainable-parameter count of the `baseline` model at the task's
   encoder shape, computed by building it (`params.budget=N` overrides it);
 - each model config names the **knobs** it may turn (`match.knobs`: config paths of integer
-  widths, each with a `min`; by default the MLP width `task.encoder.mlp_dim`). They are turned in
+  widths, each with a `min` and a `max`; by default the MLP width `task.encoder.mlp_dim`). Turned in
   order, each to the integer value whose total is closest to the budget, the ones before it held
   where they came closest; the first that brings the total within `params.tolerance` (relative,
   default 1%) ends the search, so a later knob moves only when the earlier ones cannot meet the
@@ -73,8 +73,11 @@ def budget(cfg: DictConfig) -> int:
     return count(with_model(cfg, BASELINE))["total"]
 
 
+WIDEST = 1 << 24  # a knob's default max: no width the solver tries is larger
+
+
 def closest_value(
-    total: Callable[[int], int], target: int, start: int, low: int = 1, high: int = 1 << 24
+    total: Callable[[int], int], target: int, start: int, low: int = 1, high: int = WIDEST
 ) -> int:
     """The integer v in [low, high] whose total(v) is closest to target, total non-decreasing in v.
 
@@ -99,7 +102,7 @@ def closest_value(
     return min({lo, hi}, key=lambda v: (abs(total(v) - target), v))
 
 
-DEFAULT_KNOBS = [{"path": "task.encoder.mlp_dim", "min": 1}]
+DEFAULT_KNOBS = [{"path": "task.encoder.mlp_dim"}]
 
 
 def knobs_of(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -119,7 +122,7 @@ def knobs_of(cfg: DictConfig) -> list[dict[str, Any]]:
                 f"conf/model/{cfg.model.name}.yaml"
             )
         knob.setdefault("min", 1)
-        knob.setdefault("max", 1 << 24)
+        knob.setdefault("max", WIDEST)
     return knobs
 
 

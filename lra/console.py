@@ -1,4 +1,5 @@
-"""Printing for people: the resolved config as a Rich tree, the run's summary."""
+"""Printing: the resolved config as a Rich tree (terminal decoration), the run's summary as plain
+lines (read by people and by scripts, in terminals and in log files)."""
 
 from __future__ import annotations
 
@@ -25,17 +26,24 @@ def print_config_tree(cfg: DictConfig) -> None:
     rprint(tree)
 
 
-def print_summary(results: dict[str, Any]) -> None:
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    """The run's summary: one record per line, for logs as much as for people."""
+
     def pct(x: float | None) -> str:
         return "n/a" if x is None else f"{100 * x:.2f}%"
 
-    rprint(
-        f"[bold]{results['run_name']}[/bold]: "
-        f"test accuracy {pct(results['test_acc'])}, "
+    return [
+        f"{results['run_name']}: test accuracy {pct(results['test_acc'])}, "
         f"majority-class rate of the test split {pct(results['test_majority_rate'])}, "
         f"best val accuracy {pct(results['val_acc_best'])}, "
         f"{results['steps']} steps in {results['fit_seconds']:.0f} s "
         f"({results['train_tokens_per_s']:.0f} train tokens/s), "
-        f"{results['params']['total']:,} parameters ({results['params']['mixer']:,} in mixers)\n"
-        f"results: {results['run_dir']}/results.json"
-    )
+        f"{results['params']['total']:,} parameters ({results['params']['mixer']:,} in mixers)",
+        f"results: {results['run_dir']}/results.json",
+    ]
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    """Plain lines, never wrapped at a console width: a log file keeps each one whole."""
+    for line in summary_lines(results):
+        print(line, flush=True)

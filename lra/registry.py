@@ -18,9 +18,10 @@ from typing import Any
 class Registry:
     """Name -> class, filled by `@REGISTRY.register("name")` in the modules of `package`."""
 
-    def __init__(self, kind: str, package: str) -> None:
+    def __init__(self, kind: str, package: str, commands: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.package = package
+        self.commands = commands  # modules of the package that are commands: never imported
         self._entries: dict[str, Any] = {}
         self._loaded = False
 
@@ -38,6 +39,8 @@ class Registry:
             return
         pkg = importlib.import_module(self.package)
         for info in pkgutil.iter_modules(pkg.__path__):
+            if info.name in self.commands:
+                continue
             importlib.import_module(f"{self.package}.{info.name}")
         self._loaded = True
 
@@ -57,5 +60,5 @@ class Registry:
 
 
 MIXERS = Registry("mixer", "lra.models.attention")
-TASKS = Registry("task", "lra.data")
+TASKS = Registry("task", "lra.data", commands=("prepare",))
 ARCHITECTURES = Registry("architecture", "lra.models")

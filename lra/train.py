@@ -1,6 +1,6 @@
-"""`python -m lra.train task=... model=...`: compose, build, fit, test, write results.json.
+"""`python -m lra.train task=... model=...`: the entry point, and nothing else imports it.
 
-Data flows one way: config -> DataModule -> LightningModule(net = encoder + head) -> Trainer.
+compose (Hydra) -> match parameters -> build (lra/build.py) -> fit -> test -> results.json.
 """
 
 from __future__ import annotations
@@ -12,89 +12,41 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-import lra.config  # noqa: F401  (registers the ${lra.*} resolvers)
+from lra.build import build_datamodule, build_module
 from lra.callbacks import StepSeed, TokenThroughput
 from lra.console import print_config_tree, print_summary
-from lra.data.base import LRADataModule
 from lra.io import write_json
 from lra.loggers import build_loggers, close_wandb, log_run_facts
+from lra.matching import match_parameters, matched_facts
 from lra.models.classifier import count_parameters
-from lra.module import LRAClassifier
-from lra.params import match_parameters
-from lra.registry import ARCHITECTURES, TASKS
 
 log = logging.getLogger(__name__)
 
 LAST = Path("checkpoints") / "last.ckpt"
+# optimized_metric (what a Hydra sweeper optimises) -> the results.json field that holds it
+OPTIMIZABLE = {
+    "val/acc_best": "val_acc_best",
+    "val/loss": "val_loss",
+    "test/acc": "test_acc",
+    "test/loss": "test_loss",
+}
 
 
-def device_count(devices: Any) -> int:
-    """Lightning's `devices`: an int, a list of ids, "-1"/"auto" (all visible GPUs, else 1)."""
-    if isinstance(devices, int) and devices > 0:
-        return devices
-    if isinstance(devices, list | tuple):
-        return len(devices)
-    if str(devices).isdigit() and int(devices) > 0:
-        return int(devices)
-    import torch
-
-    return max(1, torch.cuda.device_count())
-
-
-def per_device_batch(cfg: DictConfig) -> int:
-    """The task's batch is global: split it over devices x nodes x gradient accumulation."""
-    t = cfg.trainer
-    split = (
-        device_count(t.devices)
-        * int(t.get("num_nodes", 1))
-        * int(t.get("accumulate_grad_batches", 1))
-    )
-    batch = int(cfg.task.optim.batch_size)
-    if batch % split:
+def optimized_field(cfg: DictConfig) -> str:
+    """The results.json field of `optimized_metric`, checked before anything is built."""
+    metric = cfg.get("optimized_metric")
+    if metric not in OPTIMIZABLE:
         raise ValueError(
-            f"task.optim.batch_size={batch} (the global batch) does not divide over "
-            f"trainer.devices x trainer.num_nodes x trainer.accumulate_grad_batches = {split}: "
-            f"choose a batch size that is a multiple of {split}, or other device counts"
+            f"optimized_metric={metric!r} is not one this run reports: use one of "
+            f"{', '.join(OPTIMIZABLE)}"
         )
-    return batch // split
-
-
-def build_datamodule(cfg: DictConfig) -> LRADataModule:
-    data = OmegaConf.to_container(cfg.task.data, resolve=True)
-    return TASKS.get(cfg.task.family)(
-        task_name=cfg.task.name,
-        cache_dir=cfg.paths.cache_dir,
-        max_len=cfg.task.max_len,
-        batch_size=per_device_batch(cfg),
-        shuffle_seed=cfg.seed,
-        **data,
-    )
-
-
-def build_net(cfg: DictConfig) -> torch.nn.Module:
-    """The network the task trains. The model names a whole architecture; by default
-    (`encoder`) the shared encoder with the task's shape and head and the model's mixer. A model
-    may change the task's encoder in `model.encoder` (disentangled: no absolute positions)."""
-    build = ARCHITECTURES.get(cfg.model.get("architecture", "encoder"))
-    return build(
-        OmegaConf.to_container(cfg.model, resolve=True),
-        OmegaConf.to_container(
-            OmegaConf.merge(cfg.task.encoder, cfg.model.get("encoder", {})), resolve=True
-        ),
-        vocab_size=cfg.task.vocab_size,
-        num_classes=cfg.task.num_classes,
-        head=cfg.task.get("head", "single"),
-    )
-
-
-def build_module(cfg: DictConfig) -> LRAClassifier:
-    optim = OmegaConf.to_container(cfg.task.optim, resolve=True)
-    return LRAClassifier(build_net(cfg), num_classes=cfg.task.num_classes, optim=optim)
+    if metric.startswith("test/") and not cfg.get("test", True):
+        raise ValueError(f"optimized_metric={metric} needs test=true (this run does not test)")
+    return OPTIMIZABLE[metric]
 
 
 def find_resume_dir(cfg: DictConfig, run_dir: Path) -> Path | None:
@@ -119,13 +71,24 @@ def _float(x: Any) -> float | None:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit and test one run; returns (and writes to run_dir/results.json) what it measured."""
+    """Fit and test one run; returns (and writes to run_dir/results.json) what it measured. The
+    W&B run it opens is closed on the way out, failed or not, so a sweep's next job opens its own.
+    """
+    failed = True
+    try:
+        results = fit_and_test(cfg)
+        failed = False
+        return results
+    finally:
+        close_wandb(failed)
+
+
+def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     t_start = time.time()
+    optimized_field(cfg)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
-    if rank_zero_only.rank == 0:
-        print_config_tree(cfg)
 
     resume_dir = find_resume_dir(cfg, run_dir)
     ckpt_path = str(resume_dir / LAST) if resume_dir else cfg.get("ckpt_path")
@@ -134,10 +97,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if resume_dir:
         log.info("resuming %s from %s", cfg.run_name, ckpt_path)
 
-    matched = match_parameters(cfg)  # sets the model's knob in cfg to meet the task's budget
+    cfg = match_parameters(cfg)  # the run config: knobs turned, params.* filled, encoder resolved
+    if rank_zero_only.rank == 0:
+        print_config_tree(cfg)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
-    params = {**matched, **count_parameters(module.net)}
+    params = {**matched_facts(cfg), **count_parameters(module.net)}
     config = OmegaConf.to_container(cfg, resolve=True)
     config["per_device_batch"] = datamodule.batch_size
 
@@ -171,6 +136,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.time() - t_fit
     val_best = module.val_acc_best.compute().item() if module.val_acc_best.update_called else None
+    val_loss = _float(trainer.callback_metrics.get("val/loss"))  # trainer.test replaces them
 
     test: dict[str, float] = {}
     tested = None
@@ -188,7 +154,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "params": params,
         "val_acc_best": val_best,
-        "val_loss": _float(trainer.callback_metrics.get("val/loss")),
+        "val_loss": val_loss,
         "test_acc": test.get("test/acc"),
         "test_loss": test.get("test/loss"),
         "test_checkpoint": tested,
@@ -208,14 +174,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    failed = True
-    try:
-        results = train(cfg)
-        failed = False
-    finally:
-        close_wandb(failed)  # always close the W&B run, so a sweep's next job opens its own
-    metric = {"val/acc_best": results["val_acc_best"], "test/acc": results["test_acc"]}
-    return metric.get(cfg.optimized_metric)
+    """The value of `optimized_metric`, for a Hydra sweeper (Optuna)."""
+    return train(cfg)[optimized_field(cfg)]
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Shared helpers: run the real CLI on tiny generated ListOps, in a temporary folder."""
+"""Shared helpers: train on tiny generated ListOps in process (`Runs`: compose + `train(cfg)`, as
+the command line would), or through the real CLI (`CLI`: a subprocess), in a temporary folder."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from omegaconf import DictConfig
+
+from lra.build import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,6 +36,47 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "params.match=false",  # tiny widths are below what some mixers can match; see test_params
 ]
+
+
+class Runs:
+    """In-process runs: `compose` the overrides a user would type, then `lra.train.train(cfg)`."""
+
+    def __init__(self, root: Path, data_dir: Path) -> None:
+        self.root = root
+        self.data_dir = data_dir
+
+    def config(self, *overrides: str, run_dir: str = "run", tiny: bool = True) -> DictConfig:
+        return compose(
+            [
+                *(TINY if tiny else []),
+                f"paths.data_dir={self.data_dir}",
+                f"paths.log_dir={self.root / 'outputs'}",
+                f"paths.output_dir={self.root / run_dir}",
+                *overrides,
+            ]
+        )
+
+    def train(self, *overrides: str, run_dir: str = "run", tiny: bool = True) -> dict[str, Any]:
+        from lra.train import train
+
+        return train(self.config(*overrides, run_dir=run_dir, tiny=tiny))
+
+    def results(self, run_dir: str = "run") -> dict[str, Any]:
+        return json.loads((self.root / run_dir / "results.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data folder for every in-process run: tiny listops_small is generated (and tokenised)
+    once per session, under the settings in TINY."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def runs(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> Runs:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    return Runs(tmp_path, tiny_data)
 
 
 class CLI:

@@ -29,18 +29,17 @@ import torch
 from torch import nn
 
 from lra.bench.measure import measure
+from lra.build import build_net, compose, configs
 from lra.io import atomic_path, write_text
+from lra.matching import match_parameters
 
 PEERS = ("transformer", "deberta")
 
 
 def task_config(task: str, model: str, n: int, overrides: list[str]):
-    """The composed run config for (task, model) at length n, parameters matched."""
-    from lra.params import compose, match_parameters
-
-    cfg = compose([f"task={task}", f"model={model}", f"task.max_len={n}", *overrides])
-    facts = match_parameters(cfg)
-    return cfg, facts
+    """The run config for (task, model) at length n, parameters matched."""
+    overrides = [f"task={task}", f"model={model}", f"task.max_len={n}", *overrides]
+    return match_parameters(compose(overrides))
 
 
 def random_batch(cfg, batch: int, n: int, device: str) -> dict[str, torch.Tensor]:
@@ -71,9 +70,7 @@ def step_fn(net: nn.Module, forward: Callable[[], torch.Tensor], device: str) ->
 
 def backbone_step(task: str, model: str, n: int, batch: int, overrides: list[str], device: str):
     """Factory (run in the child process): a step of the harness's own network for `model`."""
-    from lra.train import build_net
-
-    cfg, _ = task_config(task, model, n, overrides)
+    cfg = task_config(task, model, n, overrides)
     net = build_net(cfg).to(device).train()
     data = random_batch(cfg, batch, n, device)
     return step_fn(net, lambda: nn.functional.cross_entropy(net(data), data["label"]), device)
@@ -115,7 +112,7 @@ def deberta_encoder(vocab: int, n: int, enc: Any) -> nn.Module:
 
 def peer_step(task: str, peer: str, n: int, batch: int, overrides: list[str], device: str):
     """Factory (run in the child process): a step of a peer implementation at the task's shape."""
-    cfg, _ = task_config(task, "baseline", n, overrides)
+    cfg = task_config(task, "baseline", n, overrides)
     enc, vocab, classes = cfg.task.encoder, cfg.task.vocab_size, cfg.task.num_classes
     ids = torch.randint(1, vocab, (batch, n), device=device)
     label = torch.randint(0, classes, (batch,), device=device)
@@ -237,8 +234,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     from rich.progress import track
 
-    from lra.params import configs
-
     models = args.models or configs("model")
     peers = [p for p in args.peers if p != "deberta" or importlib.util.find_spec("transformers")]
     if len(peers) < len(args.peers):
@@ -253,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                   "n": n, "batch": args.batch, "overrides": args.overrides}  # fmt: skip
         params = None
         if factory == "backbone_step":
-            params = task_config(args.task, name, n, args.overrides)[1]["total"]
+            params = task_config(args.task, name, n, args.overrides).params.total
         point = measure(f"lra.bench.efficiency:{factory}", kwargs, device=args.device,
                         warmup=args.warmup, repeats=args.repeats)  # fmt: skip
         row = {

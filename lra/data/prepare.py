@@ -20,17 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from lra.build import build_datamodule, compose
 
-import lra.config  # noqa: F401  (resolvers)
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 PATHFINDER_TASKS = {32: "pathfinder", 128: "pathx"}  # --resolution -> task
-
-
-def compose_config(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,12 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, flag) is not None:
             overrides.append(f"task.data.{key}={getattr(args, flag)}")
     try:
-        cfg = compose_config(overrides)
+        cfg = compose(overrides)
     except Exception as e:  # hydra's own message names the bad group/option
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-    from lra.train import build_datamodule
 
     dm = build_datamodule(cfg)
     if not hasattr(dm, "generate_files"):

@@ -15,6 +15,7 @@ called as `mixer(x, mask)`, unchanged. The shared module counts among `mixers()`
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,6 +34,19 @@ def sinusoidal_table(n: int, d: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(pos * freq)
     table[:, 1::2] = torch.cos(pos * freq)[:, : d // 2]
     return table
+
+
+def mixer_factory(
+    name: str, options: dict[str, Any], **dims: Any
+) -> tuple[nn.Module | None, Callable[[], nn.Module]]:
+    """The shared module of mixer `name` (its `build_shared` hook; None without one) and a
+    function that builds one mixer, both as the mixer contract says (lra/models/attention/
+    __init__.py): `Mixer(d_model=, num_heads=, qkv_dim=, attn_dropout=, max_len=, **options)`."""
+    mixer_cls = MIXERS.get(name)
+    kwargs = {**dims, **options}
+    build_shared = getattr(mixer_cls, "build_shared", None)
+    shared = build_shared(**kwargs) if build_shared else None
+    return shared, lambda: mixer_cls(**kwargs)
 
 
 class MLP(nn.Sequential):
@@ -93,19 +107,12 @@ class Encoder(nn.Module):
             self.pos = None
         self.cls = nn.Parameter(torch.randn(1, 1, d_model) * 0.02) if pooling == "cls" else None
         self.drop = nn.Dropout(dropout)
-        mixer_cls = MIXERS.get(mixer)
-        mixer_kwargs = dict(
-            d_model=d_model,
-            num_heads=num_heads,
-            qkv_dim=qkv_dim,
-            attn_dropout=attn_dropout,
-            max_len=max_len + (pooling == "cls"),
-            **(mixer_options or {}),
-        )
-        build_shared = getattr(mixer_cls, "build_shared", None)
-        self.shared = build_shared(**mixer_kwargs) if build_shared else None
+        self.shared, make_mixer = mixer_factory(
+            mixer, mixer_options or {}, d_model=d_model, num_heads=num_heads, qkv_dim=qkv_dim,
+            attn_dropout=attn_dropout, max_len=max_len + (pooling == "cls"),
+        )  # fmt: skip
         self.blocks = nn.ModuleList(
-            Block(mixer_cls(**mixer_kwargs), d_model, mlp_dim, dropout) for _ in range(num_layers)
+            Block(make_mixer(), d_model, mlp_dim, dropout) for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(d_model)
 

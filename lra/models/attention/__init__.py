@@ -1,6 +1,31 @@
 """Token mixers, one mechanism per file, each registered in `lra.registry.MIXERS`.
 
-Every mixer is an `nn.Module` built as `Mixer(d_model=, num_heads=, qkv_dim=, attn_dropout=,
-max_len=, **options)` and called as `mixer(x, mask)` with x: [B, n, D] and mask: [B, n] (True
-where the token is real, False on padding); it returns [B, n, D].
+The mixer contract: what every mixer does, checked for every registered mixer by
+`tests/test_mixer_contract.py` (a new file here is picked up and tested by itself).
+
+- **Registration.** A class in a module of this package, decorated `@MIXERS.register("name")`;
+  a `conf/model/<model>.yaml` selects it with `mixer: {name: <name>, **options}`.
+- **Constructor.** `Mixer(d_model=, num_heads=, qkv_dim=, attn_dropout=, max_len=, **options)`:
+  the encoder passes the five keywords from `task.encoder` (`max_len` counts the CLS position
+  when there is one) and every other key of `model.mixer` as `options`. A mixer may ignore
+  `num_heads` or `qkv_dim` (IGLOO uses qkv_dim as its value width) but must accept them.
+- **Forward.** `mixer(x, mask, **shared) -> [B, n, D]`, x: [B, n, D] (the normed block input,
+  n <= max_len), mask: [B, n] bool, True on real tokens, False on padding; the output has x's
+  dtype. **Padding is never read**: whatever stands at padded positions, the outputs at real
+  positions are the same (outputs at padded positions are free; the encoder never pools them).
+- **Counting on the meta device.** `lra.params` and every run count parameters by building the
+  network under `torch.device("meta")`, so the constructor must work there, and must not draw
+  from torch's global generator there (tables that are not parameters can be skipped:
+  `torch.get_default_device().type == "meta"`). Its parameters there are those of a real build.
+- **Determinism.** The same `torch.manual_seed` before construction gives the same parameters,
+  buffers and outputs.
+- **Gradients.** Every parameter receives a gradient from a loss on the outputs at real positions.
+- **Parameter matching.** The model config declares `match.knobs`, the integer widths
+  `lra.matching` may turn (in order) to meet each task's parameter budget, e.g.
+  `[{path: task.encoder.mlp_dim, min: 1}]` (the default when the key is absent); with them the
+  model is within `params.tolerance` of the budget on every task (`python -m lra.params --check`).
+- **Shared state (optional).** A classmethod `build_shared(**same keywords) -> nn.Module` makes
+  one module for the whole encoder; the encoder calls it once per forward and passes the dict it
+  returns to every layer's mixer as keyword arguments (DeBERTa's relative-position table E). It
+  counts among the mixer's parameters.
 """

@@ -1,0 +1,152 @@
+"""The build layer: one way to compose a config, and the builders every command uses.
+
+    command (lra.train, lra.params, lra.data.prepare, lra.bench)
+      -> compose(overrides)                    the Hydra config, as `python -m lra.train` gets it
+      -> lra.matching.match_parameters(cfg)    the run config: knobs turned, params.* filled in,
+                                               task.encoder as the network is built with it
+      -> build_datamodule / build_net / build_module
+
+No module here reaches up to a command, and nothing edits the config it is handed: a function that
+changes a config returns a new one.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+import lra.config  # noqa: F401  (registers the ${lra.*} resolvers)
+from lra.data.base import LRADataModule
+from lra.models.classifier import count_parameters
+from lra.module import LRAClassifier
+from lra.registry import ARCHITECTURES, TASKS
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
+    """`conf/config.yaml` with command-line style overrides (`task=text`, `seed=1`, ...)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(
+            config_name="config",
+            overrides=list(overrides),
+            return_hydra_config=return_hydra_config,
+        )
+
+
+def configs(group: str) -> list[str]:
+    """The options of a config group: `configs("model")` -> ["baseline", "disentangled", ...]."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def with_model(cfg: DictConfig, model: str | Mapping[str, Any]) -> DictConfig:
+    """A copy of `cfg` whose `model` is `conf/model/<model>.yaml` (or the mapping given)."""
+    other = copy.deepcopy(cfg)
+    node = OmegaConf.load(CONF_DIR / "model" / f"{model}.yaml") if isinstance(model, str) else model
+    with open_dict(other):
+        other.model = OmegaConf.create(node)
+    return other
+
+
+def encoder_config(cfg: DictConfig) -> DictConfig:
+    """The encoder the network gets: `task.encoder`, with the model's `model.encoder` merged over
+    it (disentangled: `pos_emb: none`)."""
+    return OmegaConf.merge(cfg.task.encoder, cfg.model.get("encoder") or {})
+
+
+def resolve_encoder(cfg: DictConfig) -> DictConfig:
+    """A copy of `cfg` whose `task.encoder` is `encoder_config(cfg)`, so the config that is logged
+    shows the encoder that is built (`model.encoder` stays, as the record of what the model
+    changed; merging it again changes nothing)."""
+    out = copy.deepcopy(cfg)
+    with open_dict(out):
+        out.task.encoder = encoder_config(cfg)
+    return out
+
+
+def device_count(trainer: Mapping[str, Any]) -> int:
+    """How many processes per node Lightning starts for `trainer.devices` on its `accelerator`:
+    an int, a list of ids or "0,1"; "auto" (or -1) is every GPU on a GPU accelerator (`auto`
+    with CUDA available, `gpu`, `cuda`) and 1 on the CPU, as Lightning counts them."""
+    devices = trainer.get("devices", "auto")
+    if isinstance(devices, list | tuple | ListConfig):
+        return len(devices)
+    text = str(devices).strip()
+    if "," in text:
+        return len([d for d in text.split(",") if d.strip()])
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    accelerator = str(trainer.get("accelerator", "auto"))
+    on_gpu = accelerator in ("gpu", "cuda") or (
+        accelerator == "auto" and torch.cuda.is_available()
+    )
+    return max(1, torch.cuda.device_count()) if on_gpu else 1
+
+
+def per_device_batch(cfg: DictConfig) -> int:
+    """The task's batch is global: split it over devices x nodes x gradient accumulation."""
+    t = cfg.trainer
+    split = device_count(t) * int(t.get("num_nodes", 1)) * int(t.get("accumulate_grad_batches", 1))
+    batch = int(cfg.task.optim.batch_size)
+    if batch % split:
+        raise ValueError(
+            f"task.optim.batch_size={batch} (the global batch) does not divide over "
+            f"trainer.devices x trainer.num_nodes x trainer.accumulate_grad_batches = {split}: "
+            f"choose a batch size that is a multiple of {split}, or other device counts"
+        )
+    return batch // split
+
+
+def build_datamodule(cfg: DictConfig) -> LRADataModule:
+    data = OmegaConf.to_container(cfg.task.data, resolve=True)
+    return TASKS.get(cfg.task.family)(
+        task_name=cfg.task.name,
+        cache_dir=cfg.paths.cache_dir,
+        max_len=cfg.task.max_len,
+        batch_size=per_device_batch(cfg),
+        shuffle_seed=cfg.seed,
+        **data,
+    )
+
+
+def build_net(cfg: DictConfig) -> torch.nn.Module:
+    """The network the task trains. The model names a whole architecture; by default
+    (`encoder`) the shared encoder with the task's shape and head and the model's mixer."""
+    build = ARCHITECTURES.get(cfg.model.get("architecture", "encoder"))
+    return build(
+        OmegaConf.to_container(cfg.model, resolve=True),
+        OmegaConf.to_container(encoder_config(cfg), resolve=True),
+        vocab_size=cfg.task.vocab_size,
+        num_classes=cfg.task.num_classes,
+        head=cfg.task.get("head", "single"),
+    )
+
+
+def build_module(cfg: DictConfig) -> LRAClassifier:
+    optim = OmegaConf.to_container(cfg.task.optim, resolve=True)
+    return LRAClassifier(build_net(cfg), num_classes=cfg.task.num_classes, optim=optim)
+
+
+def count(cfg: DictConfig) -> dict[str, int]:
+    """Trainable parameters of the network `cfg` builds, built on the meta device: no memory, no
+    time, and no draw from torch's generator (the run's weights stay the same). Every mixer and
+    architecture must build there (lra/models/attention/__init__.py, the mixer contract)."""
+    try:
+        with torch.device("meta"):
+            net = build_net(cfg)
+    except Exception as e:
+        raise RuntimeError(
+            f"model={cfg.model.name} task={cfg.task.name}: building the network on the meta "
+            f"device, where parameters are counted, failed ({type(e).__name__}: {e}). Check the "
+            "model's options; a mixer must also build without real tensors (the contract in "
+            "lra/models/attention/__init__.py)"
+        ) from e
+    return count_parameters(net)

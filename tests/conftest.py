@@ -91,6 +91,7 @@ class CLI:
         tiny: bool = True,
         module: str = "lra.train",
         flags: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess:
         """`python -m module [flags] [tiny overrides, paths] overrides` in the repository root."""
         args = [sys.executable, "-m", module, *flags]
@@ -101,7 +102,8 @@ class CLI:
                 f"hydra.run.dir={self.root / run_dir}",
             ]
         args += list(overrides)
-        env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONHASHSEED": "0"}
+        env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONHASHSEED": "0",
+               **(env or {})}  # fmt: skip
         return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
     def results(self, run_dir: str = "run") -> dict[str, Any]:

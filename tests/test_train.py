@@ -1,32 +1,43 @@
-"""End to end through the real CLI: `python -m lra.train ...` on tiny generated ListOps."""
+"""One run, in process (`train(cfg)`) and through the real CLI: results.json, checkpoints, loggers,
+the summary, the sweeper's value, the errors a user meets."""
 
 from __future__ import annotations
 
 import csv
+import os
 
-from conftest import CLI, ok
+import pytest
+from conftest import CLI, Runs, ok
 from wandb_records import read_offline_run
 
+from lra.train import main, optimized_field
 
-def test_fast_dev_run_trains_and_tests(cli: CLI) -> None:
-    ok(cli.run("trainer.fast_dev_run=true", "logger=none"))
-    results = cli.results()
+
+def test_fast_dev_run_trains_and_tests(runs: Runs) -> None:
+    results = runs.train("trainer.fast_dev_run=true", "logger=none")
     assert results["steps"] == 1
     assert 0.0 <= results["test_acc"] <= 1.0
-    assert not (cli.root / "run" / "wandb").exists(), "logger=none runs without W&B"
+    assert results == runs.results(), "what train() returns is what results.json holds"
+    assert not (runs.root / "run" / "wandb").exists(), "logger=none runs without W&B"
 
 
+@pytest.mark.slow
 def test_run_writes_results_json_and_an_offline_wandb_run(cli: CLI) -> None:
-    ok(cli.run("experiment_name=smoke"))
+    proc = ok(cli.run("experiment_name=smoke", env={"COLUMNS": "80"}))  # a log file's width
     r = cli.results()
     assert r["run_name"] == "listops_small-baseline-s0"
     assert (r["task"], r["model"], r["seed"], r["steps"]) == ("listops_small", "baseline", 0, 4)
     assert 0.0 <= r["val_acc_best"] <= 1.0 and 0.0 <= r["test_acc"] <= 1.0
+    assert r["val_loss"] > 0 and r["test_loss"] > 0
     assert 0.0 < r["test_majority_rate"] < 1.0
     assert r["test_checkpoint"].endswith(".ckpt") and "best" in r["test_checkpoint"]
     assert r["params"]["total"] > r["params"]["mixer"] > 0
     assert r["wall_seconds"] >= r["fit_seconds"] > 0 and r["train_tokens_per_s"] > 0
     assert r["config"]["task"]["vocab_size"] == 16 and r["config"]["task"]["num_classes"] == 10
+    lines = proc.stdout.splitlines()
+    assert f"results: {cli.root / 'run'}/results.json" in lines, "the path on one line, whole"
+    (summary,) = [line for line in lines if line.startswith("listops_small-baseline-s0: test")]
+    assert summary.endswith(f"{r['params']['total']:,} parameters ({r['params']['mixer']:,} in mixers)")
 
     checkpoints = cli.root / "run" / "checkpoints"
     assert (checkpoints / "last.ckpt").exists() and list(checkpoints.glob("best-step*.ckpt"))
@@ -44,35 +55,74 @@ def test_run_writes_results_json_and_an_offline_wandb_run(cli: CLI) -> None:
     assert run["summary"]["params/total"] == r["params"]["total"]
 
 
-def test_resume_from_last_ckpt_continues_the_step_count(cli: CLI) -> None:
-    ok(cli.run("logger=csv", run_dir="first"))
-    last = cli.root / "first" / "checkpoints" / "last.ckpt"
+def test_val_loss_is_the_last_validations_loss(runs: Runs) -> None:
+    r = runs.train("logger=csv", "trainer.max_steps=6")
+    with open(runs.root / "run" / "csv" / "metrics.csv") as f:
+        logged = [(int(row["step"]), float(row["val/loss"])) for row in csv.DictReader(f)
+                  if row.get("val/loss")]  # fmt: skip
+    assert [step for step, _ in logged] == [1, 3, 5], "validations after steps 2, 4, 6"
+    assert r["val_loss"] == pytest.approx(logged[-1][1]) and r["val_loss"] != r["test_loss"]
+
+
+def test_summary_prints_one_record_per_line(runs: Runs, capsys: pytest.CaptureFixture) -> None:
+    deep = runs.root / ("a-rather-long-folder-name-" * 4) / "run"  # far wider than 80 columns
+    runs.train("logger=none", run_dir=str(deep))
+    lines = capsys.readouterr().out.splitlines()
+    assert f"results: {deep}/results.json" in lines
+    (summary,) = [line for line in lines if line.startswith("listops_small-baseline-s0: test")]
+    assert "best val accuracy" in summary and summary.endswith("in mixers)")
+
+
+def test_the_sweepers_value_is_the_optimized_metric(runs: Runs) -> None:
+    for metric, field in [("val/acc_best", "val_acc_best"), ("val/loss", "val_loss"),
+                          ("test/acc", "test_acc"), ("test/loss", "test_loss")]:  # fmt: skip
+        assert optimized_field(runs.config(f"optimized_metric={metric}")) == field
+    cfg = runs.config("optimized_metric=val/loss", "logger=none")
+    value = main.__wrapped__(cfg)  # the function under @hydra.main, as a sweeper calls it
+    assert isinstance(value, float) and value == runs.results()["val_loss"]
+
+
+def test_an_unknown_optimized_metric_fails_before_training(runs: Runs) -> None:
+    with pytest.raises(ValueError, match=r"optimized_metric='val/f1' is not one this run reports"):
+        runs.train("optimized_metric=val/f1", "logger=none")
+    with pytest.raises(ValueError, match="optimized_metric=test/acc needs test=true"):
+        runs.train("optimized_metric=test/acc", "test=false", "logger=none")
+    assert not (runs.root / "run" / "checkpoints").exists()
+
+
+def test_resume_from_last_ckpt_continues_the_step_count(runs: Runs) -> None:
+    runs.train("logger=csv", run_dir="first")
+    last = runs.root / "first" / "checkpoints" / "last.ckpt"
     assert last.exists()
-    ok(cli.run("logger=csv", f"ckpt_path={last}", "trainer.max_steps=8", run_dir="second"))
-    assert cli.results("second")["steps"] == 8
-    with open(cli.root / "second" / "csv" / "metrics.csv") as f:
+    second = runs.train("logger=csv", f"ckpt_path={last}", "trainer.max_steps=8", run_dir="second")
+    assert second["steps"] == 8 and second["resumed_from"] == str(last)
+    with open(runs.root / "second" / "csv" / "metrics.csv") as f:
         steps = [int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss")]
     assert steps and min(steps) >= 4, f"the resumed run starts after step 4, logged {steps}"
 
 
-def test_unknown_task_or_model_is_a_clear_error(cli: CLI) -> None:
-    proc = cli.run("task=listopz", tiny=False)
-    assert proc.returncode != 0
-    assert "Could not find 'task/listopz'" in proc.stderr and "listops_small" in proc.stderr
-    proc = cli.run("model=transformerz", tiny=False)
-    assert proc.returncode != 0
-    assert "Could not find 'model/transformerz'" in proc.stderr and "baseline" in proc.stderr
+def test_unknown_mixer_name_lists_the_registered_ones(runs: Runs) -> None:
+    with pytest.raises(KeyError, match="unknown mixer 'nope'; registered: baseline"):
+        runs.train("model.mixer.name=nope", "logger=none")
 
 
-def test_unknown_mixer_name_lists_the_registered_ones(cli: CLI) -> None:
-    proc = cli.run("model.mixer.name=nope", "logger=none")
-    assert proc.returncode != 0
-    assert "unknown mixer 'nope'; registered: baseline" in proc.stderr
-
-
+@pytest.mark.slow
 def test_missing_data_without_generation_names_the_path_and_the_command(cli: CLI) -> None:
     proc = cli.run("task.data.generate=false", "logger=none")
     assert proc.returncode != 0
     expected = f"{cli.data_dir}/listops_small/basic_train.tsv not found"
     assert expected in proc.stderr
     assert "python -m lra.data.prepare listops_small" in proc.stderr
+
+
+def test_no_module_of_the_package_imports_the_entry_point() -> None:
+    import lra
+
+    package = os.path.dirname(lra.__file__)
+    for folder, _, files in os.walk(package):
+        for name in files:
+            path = os.path.join(folder, name)
+            if not name.endswith(".py") or path.endswith(os.path.join("lra", "train.py")):
+                continue
+            text = open(path).read()
+            assert "from lra.train" not in text and "import lra.train" not in text, path

@@ -1,0 +1,83 @@
+"""The build layer: composition, the encoder a model gets, device counts and the per-device batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lra.build import (
+    build_datamodule,
+    build_net,
+    compose,
+    configs,
+    device_count,
+    encoder_config,
+    per_device_batch,
+    resolve_encoder,
+)
+
+
+def test_compose_gives_the_command_lines_config() -> None:
+    cfg = compose(["task=text", "model=igloo", "seed=3"])
+    assert (cfg.task.name, cfg.model.name, cfg.seed) == ("text", "igloo", 3)
+    assert cfg.run_name == "text-igloo-s3" and cfg.task.vocab_size == 257
+    assert "baseline" in configs("model") and "listops" in configs("task")
+
+
+def test_the_model_encoder_is_merged_over_the_tasks_and_resolved_into_a_new_config() -> None:
+    cfg = compose(["task=image", "model=disentangled"])
+    assert cfg.task.encoder.pos_emb == "learned" and cfg.model.encoder.pos_emb == "none"
+    assert encoder_config(cfg).pos_emb == "none" and encoder_config(cfg).d_model == 128
+    resolved = resolve_encoder(cfg)
+    assert resolved.task.encoder.pos_emb == "none" and cfg.task.encoder.pos_emb == "learned"
+    assert OmegaConf.to_container(encoder_config(resolved)) == OmegaConf.to_container(
+        resolved.task.encoder
+    ), "resolving twice changes nothing"
+    assert compose(["task=image", "model=baseline"]).task.encoder.pos_emb == "learned"
+
+
+@pytest.mark.parametrize(
+    ("trainer", "cuda", "expected"),
+    [
+        ({"accelerator": "cpu", "devices": "auto"}, 4, 1),  # GPUs present but not used
+        ({"accelerator": "cpu", "devices": 2}, 4, 2),
+        ({"accelerator": "auto", "devices": "auto"}, 4, 4),
+        ({"accelerator": "auto", "devices": "auto"}, 0, 1),
+        ({"accelerator": "gpu", "devices": -1}, 8, 8),
+        ({"accelerator": "cuda", "devices": "3"}, 8, 3),
+        ({"accelerator": "gpu", "devices": [0, 2]}, 8, 2),
+        ({"accelerator": "gpu", "devices": "0,1,"}, 8, 2),
+    ],
+)
+def test_device_count_follows_the_accelerator(trainer, cuda, expected, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
+    assert device_count(OmegaConf.create(trainer)) == expected
+
+
+def test_cpu_runs_keep_the_whole_batch_on_a_machine_with_gpus(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    cfg = compose(["task=listops", "trainer=cpu", "trainer.devices=auto"])
+    assert per_device_batch(cfg) == 32
+
+
+def test_global_batch_must_divide_over_devices_nodes_and_accumulation() -> None:
+    cfg = OmegaConf.create(
+        {"task": {"optim": {"batch_size": 32}},
+         "trainer": {"devices": 2, "num_nodes": 2, "accumulate_grad_batches": 2}}
+    )  # fmt: skip
+    assert per_device_batch(cfg) == 4
+    cfg.trainer.devices = 3
+    with pytest.raises(ValueError, match="batch_size=32 .* does not divide .* = 12"):
+        per_device_batch(cfg)
+
+
+def test_builders_take_the_config_and_leave_it_alone(tmp_path) -> None:
+    cfg = compose(["task=listops_small", "model=igloo", f"paths.data_dir={tmp_path}"])
+    before = OmegaConf.to_yaml(cfg)
+    build_net(cfg)
+    dm = build_datamodule(cfg)
+    assert dm.batch_size == 64 and dm.max_len == 200
+    assert OmegaConf.to_yaml(cfg) == before

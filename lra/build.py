@@ -85,9 +85,7 @@ def device_count(trainer: Mapping[str, Any]) -> int:
     if text.isdigit() and int(text) > 0:
         return int(text)
     accelerator = str(trainer.get("accelerator", "auto"))
-    on_gpu = accelerator in ("gpu", "cuda") or (
-        accelerator == "auto" and torch.cuda.is_available()
-    )
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     return max(1, torch.cuda.device_count()) if on_gpu else 1
 
 

@@ -72,6 +72,9 @@ class LRAClassifier(pl.LightningModule):
         )
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else o["max_steps"]
         factor = schedule(o["schedule"], o["warmup_steps"], total)
-        # LambdaLR counts from 0 before the first update; LRA's formulas count updates from 1.
+        # LambdaLR's i is 0 at the first update. LRA's Flax loop evaluates its schedule at the
+        # optimizer's step count before each update, from 0, so its first update runs at lr 0
+        # (warm-up factor 0/warmup). Here update i runs at factor(i + 1): LRA's schedule one
+        # update earlier, so no update is spent at lr 0.
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: factor(i + 1))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

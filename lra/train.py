@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from lra.build import build_datamodule, build_module
+from lra.build import CONF_DIR, build_datamodule, build_module
 from lra.callbacks import StepSeed, TokenThroughput
 from lra.console import print_config_tree, print_summary
 from lra.io import write_json
@@ -172,7 +172,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """The value of `optimized_metric`, for a Hydra sweeper (Optuna)."""
     return train(cfg)[optimized_field(cfg)]

@@ -4,6 +4,7 @@ the command line would), or through the real CLI (`CLI`: a subprocess), in a tem
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -63,6 +64,27 @@ class Runs:
 
     def results(self, run_dir: str = "run") -> dict[str, Any]:
         return json.loads((self.root / run_dir / "results.json").read_text())
+
+    def command_line(self, *args: str) -> None:
+        """`python -m lra.train [args]` parsed and run by Hydra's own main in this process
+        (sweeps and sweepers included), with the tiny overrides and this folder's paths."""
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.core.hydra_config import HydraConfig
+
+        import lra.train
+
+        argv = [*TINY, f"paths.data_dir={self.data_dir}", f"paths.log_dir={self.root / 'outputs'}"]
+        root, handlers = logging.getLogger(), logging.getLogger().handlers[:]
+        saved = sys.argv
+        flags = [a for a in args if a.startswith("-")]  # Hydra's flags come first
+        sys.argv = ["lra.train", *flags, *argv, *(a for a in args if a not in flags)]
+        try:
+            lra.train.main()
+        finally:  # Hydra's global state and its logging set-up end with the command
+            sys.argv = saved
+            HydraConfig.instance().cfg = None
+            GlobalHydra.instance().clear()
+            root.handlers[:] = handlers
 
 
 @pytest.fixture(scope="session")

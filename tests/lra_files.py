@@ -87,9 +87,9 @@ def random_images(n: int, side: int, seed: int = 0) -> list[np.ndarray]:
 def write_all_tasks(data_dir: Path) -> None:
     """A few rows of every task, where each task's config looks under paths.data_dir."""
     lra = data_dir / "lra_release"
-    write_listops(
-        lra / "listops-1000", [("( ( ( [MAX 2 ) 9 ) ] )", 9), ("( ( [MIN 4 ) 1 ] )", 1)] * 4
-    )
+    trees = [("( ( ( [MAX 2 ) 9 ) ] )", 9), ("( ( [MIN 4 ) 1 ] )", 1)] * 4
+    write_listops(lra / "listops-1000", trees)
+    write_listops(data_dir / "listops_small", trees)  # rather than 22,000 generated trees
     write_aclimdb(
         data_dir,
         {

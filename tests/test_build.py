@@ -1,4 +1,4 @@
-"""The build layer: composition, the encoder a model gets, device counts and the per-device batch."""
+"""The build layer: composition, the encoder a model gets, device counts, per-device batch."""
 
 from __future__ import annotations
 

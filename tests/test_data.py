@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import CLI, ok
 
 from lra.data.listops import ListOpsDataModule
+from lra.data.prepare import main as prepare
 
 GENERATOR = dict(
     max_depth=3, max_args=4, min_length=5, max_length=60, num_train=64, num_val=16, num_test=16
@@ -67,11 +67,10 @@ def test_missing_files_without_generation_raise_with_the_fix(tmp_path: Path) -> 
         dm.prepare_data()
 
 
-def test_prepare_cli_writes_the_official_layout_deterministically(cli: CLI, tmp_path: Path) -> None:
+def test_prepare_writes_the_official_layout_deterministically(tmp_path: Path) -> None:
     small = ["task.data.generator.num_train=100", "task.data.generator.num_val=10"]
     for out in ("a", "b"):
-        ok(cli.run("listops_small", "--seed", "5", "--out", str(tmp_path / out), *small,
-                   module="lra.data.prepare"))  # fmt: skip
+        assert prepare(["listops_small", "--seed", "5", "--out", str(tmp_path / out), *small]) == 0
     manifest = json.loads((tmp_path / "a" / "MANIFEST.json").read_text())
     assert manifest["seed"] == 5 and manifest["num_train"] == 100 and manifest["max_depth"] == 4
     assert manifest["basic_train.tsv"]["rows"] == 100
@@ -79,6 +78,6 @@ def test_prepare_cli_writes_the_official_layout_deterministically(cli: CLI, tmp_
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
-def test_prepare_cli_refuses_an_unknown_task(cli: CLI) -> None:
-    proc = cli.run("listopz", module="lra.data.prepare")
-    assert proc.returncode == 2 and "Could not find 'task/listopz'" in proc.stderr
+def test_prepare_refuses_an_unknown_task(capsys: pytest.CaptureFixture) -> None:
+    assert prepare(["listopz"]) == 2
+    assert "Could not find 'task/listopz'" in capsys.readouterr().err

@@ -8,9 +8,10 @@ import math
 
 import pytest
 import torch
-from conftest import CLI, ROOT, ok
+from conftest import Runs
 
 import lra.models.attention.disentangled as dis
+from lra.build import build_net, compose
 from lra.models.attention.disentangled import (
     DisentangledAttention,
     FlashWithBias,
@@ -363,24 +364,18 @@ def test_bad_options_name_the_fix() -> None:
 
 
 def test_model_config_turns_absolute_positions_off_unless_overridden() -> None:
-    from hydra import compose, initialize_config_dir
-
-    from lra.train import build_net
-
     def has_position_table(cfg) -> bool:
         return any(name.endswith(".pos") for name, _ in build_net(cfg).named_parameters())
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        learned = ["task=listops_small", "task.encoder.pos_emb=learned"]
-        cfg = compose("config", overrides=[*learned, "model=disentangled"])
-        assert cfg.model.encoder.pos_emb == "none" and not has_position_table(cfg)
-        assert cfg.task.encoder.pos_emb == "learned", "the task's own encoder is left as it is"
-        assert cfg.model.mixer.max_relative_positions == 200, "the task's max length"
-        again = compose("config", overrides=[*learned, "model=disentangled",
-                                              "model.encoder.pos_emb=learned"])  # fmt: skip
-        assert has_position_table(again)
-        baseline = compose("config", overrides=[*learned, "model=baseline"])
-        assert has_position_table(baseline), "other models keep the task's"
+    learned = ["task=listops_small", "task.encoder.pos_emb=learned"]
+    cfg = compose([*learned, "model=disentangled"])
+    assert cfg.model.encoder.pos_emb == "none" and not has_position_table(cfg)
+    assert cfg.task.encoder.pos_emb == "learned", "the composed task's encoder is the task's"
+    assert cfg.model.mixer.max_relative_positions == 200, "the task's max length"
+    again = compose([*learned, "model=disentangled", "model.encoder.pos_emb=learned"])
+    assert has_position_table(again)
+    baseline = compose([*learned, "model=baseline"])
+    assert has_position_table(baseline), "other models keep the task's"
 
 
 def test_benchmark_layers_run_and_tabulate() -> None:
@@ -395,12 +390,11 @@ def test_benchmark_layers_run_and_tabulate() -> None:
     assert lines[2] == "| disentangled | 250 | 10 | 0.50 |", "time, memory, time / transformers"
 
 
-# --- through the real CLI -------------------------------------------------------------------
+# --- a whole run ------------------------------------------------------------------------------
 
 
-def test_cli_trains_model_disentangled_without_absolute_positions(cli: CLI) -> None:
-    ok(cli.run("model=disentangled", "logger=csv"))
-    r = cli.results()
+def test_model_disentangled_trains_without_absolute_positions_and_records_it(runs: Runs) -> None:
+    r = runs.train("model=disentangled", "logger=csv")
     assert (r["model"], r["steps"], r["run_name"]) == (
         "disentangled",
         4,
@@ -410,5 +404,8 @@ def test_cli_trains_model_disentangled_without_absolute_positions(cli: CLI) -> N
     mixer = r["config"]["model"]["mixer"]
     assert mixer["name"] == "disentangled" and mixer["max_relative_positions"] == 200
     assert r["config"]["model"]["encoder"]["pos_emb"] == "none", "DeBERTa-v3: relative only"
+    assert r["config"]["task"]["encoder"]["pos_emb"] == "none", "the encoder as it was built"
+    state = torch.load(runs.root / "run/checkpoints/last.ckpt", weights_only=False)["state_dict"]
+    assert not any(k.endswith(".pos") for k in state), "no absolute position table was trained"
     # 2 layers of 4 projections (32x32 + 32) and one table E [512, 32] with its LayerNorm
     assert r["params"]["mixer"] == 2 * 4 * (32 * 32 + 32) + 512 * 32 + 2 * 32

@@ -6,14 +6,14 @@ import math
 
 import pytest
 import torch
-from conftest import CLI, ok
+from conftest import Runs
 from omegaconf import OmegaConf
 
 from lra.bench.igloo import crossover, mixer_step
+from lra.build import build_module
 from lra.models.attention.igloo import IglooSeq
 from lra.models.classifier import build_classifier, count_parameters
 from lra.models.igloo_lra import build_igloo_lra
-from lra.train import build_module
 
 D = 8
 
@@ -237,16 +237,14 @@ def test_igloo_lra_pads_to_max_len_and_gives_logits(transformer_style: bool) -> 
         net({"input_ids": torch.ones(1, 51, dtype=torch.long)})
 
 
-# --- through the real CLI ----------------------------------------------------------------------
+# --- whole runs -------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_model_igloo_trains_through_the_cli_and_its_checkpoint_holds_the_tables(cli: CLI) -> None:
-    ok(cli.run("model=igloo", "logger=csv"))
-    r = cli.results()
+def test_model_igloo_trains_and_its_checkpoint_holds_the_tables(runs: Runs) -> None:
+    r = runs.train("model=igloo", "logger=csv")
     assert (r["model"], r["steps"]) == ("igloo", 4) and 0.0 <= r["test_acc"] <= 1.0
     assert r["params"]["total"] > r["params"]["mixer"] > 0
-    state = torch.load(cli.root / "run/checkpoints/last.ckpt", weights_only=False)["state_dict"]
+    state = torch.load(runs.root / "run/checkpoints/last.ckpt", weights_only=False)["state_dict"]
     saved = state["net.encoder.blocks.0.mixer.I"]
     assert saved.shape == (201, 32, 4)  # listops_small: max_len 200 + CLS
     torch.manual_seed(123)  # a rebuild draws other tables ...
@@ -256,11 +254,9 @@ def test_model_igloo_trains_through_the_cli_and_its_checkpoint_holds_the_tables(
     assert torch.equal(module.net.encoder.blocks[0].mixer.I, saved)
 
 
-@pytest.mark.slow
-def test_model_igloo_lra_trains_through_the_cli(cli: CLI) -> None:
+def test_model_igloo_lra_trains(runs: Runs) -> None:
     small = ["model.net.embedding_dim=16", "model.net.conv_filters=16", "model.net.num_patches=64"]
-    ok(cli.run("model=igloo_lra", "logger=csv", "params.match=false", *small))
-    r = cli.results()
+    r = runs.train("model=igloo_lra", "logger=csv", "params.match=false", *small)
     assert (r["model"], r["steps"]) == ("igloo_lra", 4) and 0.0 <= r["test_acc"] <= 1.0
     K, P, n = 16, 64, 200
     kernel = P * 4 * K + 4 * K + P + K * K + P * n  # transformer_style, r = 1

@@ -84,7 +84,11 @@ def test_sinusoidal_table_matches_the_formula() -> None:
 def test_parameter_counts_are_the_trainable_parameters() -> None:
     net = model(pos_emb="learned")
     counts = count_parameters(net)
-    assert counts["total"] == sum(p.numel() for p in net.parameters() if p.requires_grad)
+    embed, positions, cls, norm = 16 * 16, 24 * 16, 16, 2 * 16
+    mixer = 16 * 48 + 48 + 16 * 16 + 16  # qkv and out projections
+    mlp = (16 * 32 + 32) + (32 * 16 + 16)
+    head = (16 * 32 + 32) + (32 * 10 + 10)  # Dense(mlp_dim) -> ReLU -> Dense(classes)
+    assert counts["total"] == embed + positions + cls + 2 * (2 * norm + mixer + mlp) + norm + head
     # per layer: qkv (16*48 + 48) + out (16*16 + 16)
     assert counts["mixer"] == 2 * (16 * 48 + 48 + 16 * 16 + 16)
     sinusoidal = count_parameters(model(pos_emb="sinusoidal"))

@@ -69,7 +69,7 @@ def test_training_moves_accuracy_from_chance_to_near_perfect() -> None:
     assert module.val_acc_best.compute().item() >= after - 1e-6
 
 
-def test_scheduler_counts_updates_from_one() -> None:
+def test_first_update_runs_at_step_ones_rate_not_at_lr_zero() -> None:
     net = torch.nn.Linear(2, 2)
     module = LRAClassifier(
         net, num_classes=2, optim={**OPTIM, "schedule": "rsqrt", "warmup_steps": 4}

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLI, ok
 from lra_files import random_images, write_pathfinder
 from PIL import Image
 
 from lra.data.pathfinder import PathfinderDataModule, read_metadata
+from lra.data.prepare import main as prepare
 from lra.data.snakes import DIFFICULTIES, SnakesSpec, compose, generate
 
 HARD = "pathfinder32/curv_contour_length_14"
@@ -216,13 +216,13 @@ def test_snakes_follow_the_paddle_geometry(difficulty: str, resolution: int) -> 
         assert any(np.allclose(markers, pair) for pair in joined)
 
 
-def test_prepare_cli_writes_the_release_layout_and_a_sample_grid(cli: CLI, tmp_path: Path) -> None:
+def test_prepare_writes_the_release_layout_and_a_sample_grid(tmp_path: Path, capsys) -> None:
     grid = tmp_path / "grid.png"
-    proc = ok(cli.run("pathfinder", "--resolution", "32", "--difficulty", "easy", "--n", "16",
-                      "--workers", "2", "--out", str(tmp_path / "lra"), "--grid", str(grid),
-                      "task.data.generator.batch_size=8", module="lra.data.prepare"))  # fmt: skip
+    assert prepare(["pathfinder", "--resolution", "32", "--difficulty", "easy", "--n", "16",
+                    "--workers", "2", "--out", str(tmp_path / "lra"), "--grid", str(grid),
+                    "task.data.generator.batch_size=8"]) == 0  # fmt: skip
     folder = tmp_path / "lra" / "pathfinder32" / "curv_baseline"
-    assert f"wrote {folder} in" in proc.stdout
+    assert f"wrote {folder} in" in capsys.readouterr().out
     assert sorted(p.name for p in (folder / "metadata").iterdir()) == ["0.npy", "1.npy"]
     assert len(read_metadata(folder)) == 16
     assert Image.open(grid).size == (4 * (8 * 32 + 7 * 2), 4 * (2 * 32 + 2))  # 8 over 8, x4

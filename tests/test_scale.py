@@ -32,10 +32,9 @@ def test_ddp_sim_trains_and_tests_and_only_rank_zero_writes(cli: CLI) -> None:
     assert len(list((cli.root / "run" / "wandb").glob("offline-run-*"))) == 1
 
 
-@pytest.mark.slow
-def test_a_2x2_multirun_gives_4_runs_in_one_wandb_group(cli: CLI) -> None:
-    sweep = cli.root / "sweep"
-    ok(cli.run("seed=0,1", "task.optim.lr=0.001,0.002", f"hydra.sweep.dir={sweep}", flags=("-m",)))
+def test_a_2x2_multirun_gives_4_runs_in_one_wandb_group(runs: Runs) -> None:
+    sweep = runs.root / "sweep"
+    runs.command_line("-m", "seed=0,1", "task.optim.lr=0.001,0.002", f"hydra.sweep.dir={sweep}")
     results = sorted(sweep.glob("*/results.json"))
     assert len(results) == 4
     configs = {
@@ -46,17 +45,19 @@ def test_a_2x2_multirun_gives_4_runs_in_one_wandb_group(cli: CLI) -> None:
         for p in results
     }  # noqa: E501
     assert configs == {(0, 0.001), (0, 0.002), (1, 0.001), (1, 0.002)}
-    runs = [read_offline_run(d) for d in sweep.glob("*/wandb/offline-run-*")]
-    assert len(runs) == 4 and len({run["id"] for run in runs}) == 4
-    assert {run["group"] for run in runs} == {"sweep"}, "the sweep's name groups its runs"
-    assert all(run["job_type"] == "train" and "listops_small" in run["tags"] for run in runs)
+    logged = [read_offline_run(d) for d in sweep.glob("*/wandb/offline-run-*")]
+    assert len(logged) == 4 and len({run["id"] for run in logged}) == 4
+    assert {run["group"] for run in logged} == {"sweep"}, "the sweep's name groups its runs"
+    assert all(run["job_type"] == "train" and "listops_small" in run["tags"] for run in logged)
+    single = runs.train("logger=wandb", run_dir="after")  # a run after the sweep: its own group
+    (after,) = (runs.root / "after" / "wandb").glob("offline-run-*")
+    assert read_offline_run(after)["group"] == "" and single["steps"] == 4
 
 
-@pytest.mark.slow
-def test_optuna_sweep_of_two_trials_reports_the_best_value(cli: CLI) -> None:
-    sweep = cli.root / "optuna"
-    ok(cli.run("hparams_search=optuna", "hydra.sweeper.n_trials=2", "logger=csv",
-               f"hydra.sweep.dir={sweep}"))  # fmt: skip
+def test_optuna_sweep_of_two_trials_reports_the_best_value(runs: Runs) -> None:
+    sweep = runs.root / "optuna"
+    runs.command_line("hparams_search=optuna", "hydra.sweeper.n_trials=2", "logger=csv",
+                      f"hydra.sweep.dir={sweep}")  # fmt: skip
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     trials = [json.loads(p.read_text())["val_acc_best"] for p in sweep.glob("*/results.json")]
     assert len(trials) == 2

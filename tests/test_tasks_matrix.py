@@ -1,27 +1,32 @@
-"""Every LRA task x every backbone through the real CLI, and each task's LRA protocol.
+"""Every task x every backbone through the real CLI, and each LRA task's protocol.
 
 One Hydra multirun process trains all pairs (`fast_dev_run`, tiny width) on a few rows of each
-task written in the official layout; backbones are discovered from conf/model/*.yaml, so a
-backbone merged later joins the matrix by itself.
+task written in the official layout; tasks and backbones are discovered from conf/task/*.yaml and
+conf/model/*.yaml, so a task or backbone added later joins the matrix by itself. README's "Add a
+task" example is trained from a temporary folder.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from typing import Any
 
 import pytest
-from conftest import ROOT
-from hydra import compose, initialize_config_dir
+from conftest import ROOT, Runs
 from lra_files import write_all_tasks
 
-import lra.config  # noqa: F401  (resolvers)
+import lra.data
+from lra.build import compose, configs
+from lra.registry import TASKS as TASK_REGISTRY
 
-TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
-MODELS = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml"))
+TASKS = configs("task")
+MODELS = configs("model")
+LRA_TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 TINY = [
     "trainer=cpu",
     "trainer.fast_dev_run=true",
@@ -71,8 +76,7 @@ def test_fast_dev_run_of_task_with_backbone(sweep, task: str, model: str) -> Non
 
 
 def task_config(task: str) -> Any:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"task={task}"]).task
+    return compose([f"task={task}"]).task
 
 
 # LRA's released Transformer configs (the harness's protocol table).
@@ -97,7 +101,7 @@ OPTIM = {
 CLASSES = {"listops": 10, "text": 2, "retrieval": 2, "image": 10, "pathfinder": 2, "pathx": 2}
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", LRA_TASKS)
 def test_task_config_is_lra_protocol(task: str) -> None:
     t = task_config(task)
     e, o = t.encoder, t.optim
@@ -111,3 +115,31 @@ def test_task_config_is_lra_protocol(task: str) -> None:
     assert t.head == ("dual" if task == "retrieval" else "single")
     if task != "listops":
         assert t.vocab_size == 257, "bytes or pixels + 1: 0 is padding only"
+
+
+def test_every_task_is_in_the_matrix() -> None:
+    assert set(LRA_TASKS) | {"listops_small"} <= set(TASKS)
+
+
+def test_the_readme_task_trains(runs: Runs, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    section = (ROOT / "README.md").read_text().split("## Add a task", 1)[1].split("\n## ", 1)[0]
+    python = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    yaml = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "parity.py").write_text(python)
+    (tmp_path / "conf" / "task").mkdir(parents=True)
+    (tmp_path / "conf" / "task" / "parity.yaml").write_text(yaml)
+    monkeypatch.setattr(lra.data, "__path__", [*lra.data.__path__, str(tmp_path / "tasks")])
+    monkeypatch.setattr(TASK_REGISTRY, "_entries", dict(TASK_REGISTRY._entries))
+    try:
+        importlib.import_module("lra.data.parity")  # as the registry does with every file there
+        r = runs.train(f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "task=parity",
+                       "model=igloo", "trainer=cpu", "trainer.fast_dev_run=true",
+                       "trainer.enable_progress_bar=false", "logger=none", tiny=False)  # fmt: skip
+    finally:
+        sys.modules.pop("lra.data.parity", None)
+    assert r["task"] == "parity" and r["steps"] == 1 and 0.0 <= r["test_acc"] <= 1.0
+    assert r["config"]["task"]["vocab_size"] == 3 and r["params"]["match"] is True
+    assert abs(r["params"]["deviation"]) <= 0.01
+    rows = (runs.data_dir / "parity" / "train.txt").read_text().split()
+    assert len(rows) == 2048 and {len(row) for row in rows} == {64}

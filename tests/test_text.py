@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import CLI
+from conftest import Runs
 from lra_files import write_aclimdb
 
 from lra.data.text import TextDataModule
@@ -143,12 +143,16 @@ def test_missing_data_without_download_is_a_clear_error(tmp_path: Path) -> None:
         datamodule(tmp_path).prepare_data()
 
 
-def test_cli_offline_without_data_names_the_path(cli: CLI, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_offline_without_data_names_the_path(
+    runs: Runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the Hub client fails at once, as with no network
-    proc = cli.run("task=text", "logger=none", "trainer=cpu", tiny=False)
-    assert proc.returncode != 0
-    assert f"{cli.data_dir}/aclImdb/{{train,test}}/{{pos,neg}}/*.txt" in proc.stderr
-    assert "datasets.load_dataset('imdb') failed" in proc.stderr
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # read when datasets is imported
+    empty = tmp_path / "empty"
+    with pytest.raises(FileNotFoundError) as error:
+        runs.train("task=text", "logger=none", "trainer=cpu", f"paths.data_dir={empty}", tiny=False)
+    assert f"{empty}/aclImdb/{{train,test}}/{{pos,neg}}/*.txt" in str(error.value)
+    assert "datasets.load_dataset('imdb') failed" in str(error.value)
 
 
 def test_labels_are_binary(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+from pathlib import Path
 
 import pytest
 from conftest import CLI, Runs, ok
@@ -37,7 +38,9 @@ def test_run_writes_results_json_and_an_offline_wandb_run(cli: CLI) -> None:
     lines = proc.stdout.splitlines()
     assert f"results: {cli.root / 'run'}/results.json" in lines, "the path on one line, whole"
     (summary,) = [line for line in lines if line.startswith("listops_small-baseline-s0: test")]
-    assert summary.endswith(f"{r['params']['total']:,} parameters ({r['params']['mixer']:,} in mixers)")
+    assert summary.endswith(
+        f"{r['params']['total']:,} parameters ({r['params']['mixer']:,} in mixers)"
+    )
 
     checkpoints = cli.root / "run" / "checkpoints"
     assert (checkpoints / "last.ckpt").exists() and list(checkpoints.glob("best-step*.ckpt"))
@@ -124,5 +127,5 @@ def test_no_module_of_the_package_imports_the_entry_point() -> None:
             path = os.path.join(folder, name)
             if not name.endswith(".py") or path.endswith(os.path.join("lra", "train.py")):
                 continue
-            text = open(path).read()
+            text = Path(path).read_text()
             assert "from lra.train" not in text and "import lra.train" not in text, path

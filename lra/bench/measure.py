@@ -63,6 +63,17 @@ def run_point(step: Callable[[], Any], device: str, warmup: int, repeats: int) -
     return {"seconds": statistics.median(times), "peak_mb": peak}
 
 
+def measure_here(
+    factory: str, kwargs: dict[str, Any], device: str = "cpu", warmup: int = 1, repeats: int = 3
+) -> dict[str, Any]:
+    """One point in this process (what the fresh process of `measure` runs): build the factory's
+    step with torch seeded, then `run_point`. Here, memory includes whatever the process holds."""
+    module, name = factory.split(":")
+    torch.manual_seed(0)
+    step = getattr(importlib.import_module(module), name)(**kwargs, device=device)
+    return {**kwargs, **run_point(step, device, warmup, repeats)}
+
+
 def measure(
     factory: str,
     kwargs: dict[str, Any],
@@ -91,12 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    module, name = args.factory.split(":")
-    torch.manual_seed(0)
-    step = getattr(importlib.import_module(module), name)(
-        **json.loads(args.kwargs), device=args.device
-    )
-    print(json.dumps(run_point(step, args.device, args.warmup, args.repeats)))
+    point = measure_here(args.factory, json.loads(args.kwargs), args.device, args.warmup,
+                         args.repeats)  # fmt: skip
+    print(json.dumps({k: point[k] for k in ("seconds", "peak_mb")}))
     return 0
 
 

@@ -187,7 +187,8 @@ def build_igloo_lra(
     head: str = "single",
 ) -> nn.Module:
     """`model.net` holds the options; of the task's encoder block only `max_len` is used (and
-    `mlp_dim` for the two-tower head of Retrieval, which lra-igloo did not run)."""
+    `mlp_dim` for the two-tower head of Retrieval: LRA's head over one shared encoder, where
+    lra-igloo's own Retrieval model, longrangearena_matching.py, has two unshared towers)."""
     net = dict(model_cfg["net"])
     head_norm, head_dropout = net.pop("head_norm"), net.pop("head_dropout")
     encoder = IglooLRAEncoder(vocab_size=vocab_size, max_len=encoder_cfg["max_len"], **net)

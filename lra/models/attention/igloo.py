@@ -28,7 +28,9 @@ Choices made here (also in the README):
   checkpoint restores them.
 - Shorter batches (`pad_to: batch`): the tables are cut to the batch's length n and a position
   ≥ n reads as padding, so outputs do not depend on how far a batch is padded.
-- `score_norm: softmax` is step 4 (the paper); `none` uses T1 as it is (lra-igloo's code). A
+- `score_norm: softmax` is step 4 (the paper); `none` uses T1 as it is, unnormalised (an
+  ablation: lra-igloo's `IGLOO1Dseq_KERNEL` also mixes T1 through a learned P×P matrix, and none
+  of its scripts calls it). A
   position whose every patch has a padding value position gets O_i = 0.
 - Widths: the values have width dv = qkv_dim (W1: D -> dv, B ∈ R^{n×dv}, W_O: dv -> D; with
   dv = D, B ∈ R^{n×D} as the seed's B ∈ R^{n×1×d}). B starts at 1. `num_heads` is unused;

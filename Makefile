@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint format clean
+.PHONY: install test test-fast demo lint format clean
 
 install: $(STAMP)
 
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 
 test: install
 	WANDB_MODE=offline $(BIN)/python -m pytest -q tests
+
+# the inner loop: everything but the end-to-end runs through real processes (marked slow)
+test-fast: install
+	WANDB_MODE=offline $(BIN)/python -m pytest -q -m "not slow" tests
 
 demo: install
 	WANDB_MODE=offline $(BIN)/python -m lra.train experiment=demo

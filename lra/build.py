@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-import lra.config  # noqa: F401  (registers the ${lra.*} resolvers)
+from lra.config import CONF_DIR  # also registers the ${lra.*} resolvers
 from lra.data.base import LRADataModule
 from lra.models.classifier import count_parameters
 from lra.module import LRAClassifier
 from lra.registry import ARCHITECTURES, TASKS
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def compose(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:

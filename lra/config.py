@@ -1,10 +1,15 @@
-"""OmegaConf resolvers, so derived values are computed from code, never typed twice."""
+"""Where the config tree is, and the OmegaConf resolvers, so derived values are computed from code,
+never typed twice."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from lra.registry import TASKS
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def register_resolvers() -> None:

@@ -23,8 +23,7 @@ from collections.abc import Callable
 import torch
 
 from lra.bench.measure import measure
-from lra.models.encoder import Block
-from lra.registry import MIXERS
+from lra.models.encoder import Block, mixer_factory
 
 SHAPE = dict(B=2, D=256, heads=4, mlp=1024)
 ROWS = ("disentangled", "disentangled-eager", "baseline", "transformers", "torch")
@@ -46,13 +45,12 @@ def harness_layer(
     mlp: int = SHAPE["mlp"],
 ) -> Callable[[], None]:
     """This harness's block (pre-LN, mixer, MLP) with `mixer`; step() = forward + backward."""
-    kwargs = dict(d_model=D, num_heads=heads, qkv_dim=D, max_len=n)
-    if mixer == "disentangled":
-        kwargs.update(DEFAULTS, max_relative_positions=n, impl=impl)
-    mixer_cls = MIXERS.get(mixer)
-    shared = getattr(mixer_cls, "build_shared", None)
-    shared = shared(**kwargs) if shared else None
-    block = Block(mixer_cls(**kwargs), D, mlp, dropout=0.0)
+    options = (
+        {**DEFAULTS, "max_relative_positions": n, "impl": impl} if mixer == "disentangled" else {}
+    )
+    shared, make = mixer_factory(mixer, options, d_model=D, num_heads=heads, qkv_dim=D,
+                                 attn_dropout=0.0, max_len=n)  # fmt: skip
+    block = Block(make(), D, mlp, dropout=0.0)
     dtype = dtype_for(device)
     modules = torch.nn.ModuleList([block] + ([shared] if shared else [])).to(device, dtype)
     x = torch.randn(B, n, D, device=device, dtype=dtype, requires_grad=True)

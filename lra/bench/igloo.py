@@ -26,9 +26,9 @@ import torch
 from omegaconf import OmegaConf
 
 from lra.bench.measure import measure
-from lra.registry import MIXERS
+from lra.config import CONF_DIR
+from lra.models.encoder import mixer_factory
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 MODELS = ("igloo", "baseline")
 
 
@@ -39,13 +39,13 @@ def mixer_step(
     if threads:
         torch.set_num_threads(threads)
     cfg = OmegaConf.create(
-        {"task": {"max_len": n}, "model": OmegaConf.load(CONF / f"{model}.yaml")}
+        {"task": {"max_len": n}, "model": OmegaConf.load(CONF_DIR / "model" / f"{model}.yaml")}
     )
     options = OmegaConf.to_container(cfg.model.mixer, resolve=True)  # ${task.max_len} is n
     name = options.pop("name")
-    mixer = MIXERS.get(name)(
-        d_model=d_model, num_heads=heads, qkv_dim=d_model, max_len=n, **options
-    ).to(device)
+    _, make = mixer_factory(name, options, d_model=d_model, num_heads=heads, qkv_dim=d_model,
+                            attn_dropout=0.0, max_len=n)  # fmt: skip
+    mixer = make().to(device)
     x = torch.randn(batch, n, d_model, device=device, requires_grad=True)
     mask = torch.ones(batch, n, dtype=torch.bool, device=device)
 

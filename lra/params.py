@@ -2,7 +2,9 @@
 
 For every task x model (or the ones named), the parameter budget, the total the model reaches by
 turning its `match.knobs`, the deviation, the knob values and the mixers' share, as a markdown
-table; `--check` exits 1 if any is outside `params.tolerance`. How matching works: lra/matching.py.
+table; `--check` exits 1 if any is outside `params.tolerance`. A combination that cannot be counted
+at all (a knob that names no integer) is an error row, said on stderr too, and exits 1 with or
+without `--check`. How matching works: lra/matching.py.
 """
 
 from __future__ import annotations

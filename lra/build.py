@@ -27,7 +27,9 @@ from lra.registry import ARCHITECTURES, TASKS
 
 
 def compose(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
-    """`conf/config.yaml` with command-line style overrides (`task=text`, `seed=1`, ...)."""
+    """`conf/config.yaml` with command-line style overrides (`task=text`, `seed=1`, ...), as
+    `python -m lra.train` composes it. Outside a Hydra run there is no run directory: to train the
+    result in process, also pass `paths.output_dir=DIR`."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 

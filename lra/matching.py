@@ -17,7 +17,8 @@ Transformer; the IGLOO paper's figures are doubted because its counts could not 
 
 `match_parameters(cfg)` takes a composed config and returns the run config: the knobs set, the
 facts in `params.*` (match, budget, knobs, total, mixer, deviation), and `task.encoder` resolved
-to the encoder the network is built with. Counts are of what trains: every parameter with
+to the encoder the network is built with. The run config carries its budget in `params.budget`,
+so matching it again gives the same run. Counts are of what trains: every parameter with
 requires_grad (embeddings, mixers, MLPs, head, position tables), never buffers such as IGLOO's
 index tables; they are taken on the meta device (`lra.build.count`).
 """
@@ -51,9 +52,14 @@ class ParameterBudgetError(ValueError):
 def budget(cfg: DictConfig) -> int:
     """`params.budget`, else the baseline's count at the task's own encoder."""
     given = cfg.params.get("budget")
-    if given is not None:
-        return int(given)
-    return count(with_model(cfg, BASELINE))["total"]
+    if given is None:
+        return count(with_model(cfg, BASELINE))["total"]
+    if not isinstance(given, int) or isinstance(given, bool) or given <= 0:
+        raise ValueError(
+            f"params.budget={given!r}: a budget is a positive parameter count "
+            "(or null: the baseline's count at the task's encoder)"
+        )
+    return given
 
 
 def closest_value(
@@ -162,7 +168,11 @@ def match_parameters(cfg: DictConfig) -> DictConfig:
     facts = solve(cfg) if cfg.params.match else equal_dimensions(cfg)
     if facts["match"] and abs(facts["deviation"]) > cfg.params.tolerance:
         turned = ", ".join(f"{path}={value}" for path, value in facts["knobs"].items())
-        how = f"with {turned}" if turned else "with no knob to turn (match.knobs is empty or null)"
+        how = (
+            f"with {turned}"
+            if turned
+            else "with no knob to turn (match.knobs is empty, or each knob is null here)"
+        )
         raise ParameterBudgetError(
             f"model={cfg.model.name} task={cfg.task.name}: the closest reachable total is "
             f"{facts['total']:,} parameters {how}, "
@@ -175,7 +185,8 @@ def match_parameters(cfg: DictConfig) -> DictConfig:
     for path, value in facts["knobs"].items():
         OmegaConf.update(matched, path, value, merge=False)
     with open_dict(matched):
-        matched.params = OmegaConf.merge(matched.params, facts)
+        for key, value in facts.items():  # replaced whole: no knob of an earlier match stays
+            OmegaConf.update(matched, f"params.{key}", value, merge=False)
     if facts["match"]:
         log.info(
             "matched %s to the %s budget %d: %s gives %d (%+.2f%%)", cfg.model.name,

@@ -13,6 +13,7 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
@@ -47,6 +48,17 @@ def optimized_field(cfg: DictConfig) -> str:
     if metric.startswith("test/") and not cfg.get("test", True):
         raise ValueError(f"optimized_metric={metric} needs test=true (this run does not test)")
     return OPTIMIZABLE[metric]
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """`paths.output_dir`: Hydra's run directory under `python -m lra.train`, else as given."""
+    try:
+        return Path(cfg.paths.output_dir)
+    except InterpolationResolutionError as e:
+        raise ValueError(
+            "paths.output_dir is not set: it is Hydra's run directory under `python -m lra.train`;"
+            " a config composed in process (lra.build.compose) needs paths.output_dir=DIR"
+        ) from e
 
 
 def find_resume_dir(cfg: DictConfig, run_dir: Path) -> Path | None:
@@ -86,7 +98,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     t_start = time.time()
     optimized_field(cfg)
-    run_dir = Path(cfg.paths.output_dir)
+    run_dir = output_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
 

@@ -8,8 +8,10 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from omegaconf import DictConfig
@@ -74,7 +76,8 @@ class Runs:
         import lra.train
 
         argv = [*TINY, f"paths.data_dir={self.data_dir}", f"paths.log_dir={self.root / 'outputs'}"]
-        root, handlers = logging.getLogger(), logging.getLogger().handlers[:]
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
         saved = sys.argv
         flags = [a for a in args if a.startswith("-")]  # Hydra's flags come first
         sys.argv = ["lra.train", *flags, *argv, *(a for a in args if a not in flags)]
@@ -84,7 +87,11 @@ class Runs:
             sys.argv = saved
             HydraConfig.instance().cfg = None
             GlobalHydra.instance().clear()
+            for handler in root.handlers:
+                if handler not in handlers:  # Hydra's job log files
+                    handler.close()
             root.handlers[:] = handlers
+            root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
@@ -95,10 +102,10 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def runs(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> Runs:
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    return Runs(tmp_path, tiny_data)
+def runs(tmp_path: Path, tiny_data: Path) -> Iterator[Runs]:
+    # the environment as it was after the test: Lightning's seed_everything sets PL_GLOBAL_SEED
+    with mock.patch.dict(os.environ, {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}):
+        yield Runs(tmp_path, tiny_data)
 
 
 class CLI:

@@ -11,10 +11,12 @@ from lra.build import (
     build_net,
     compose,
     configs,
+    count,
     device_count,
     encoder_config,
     per_device_batch,
     resolve_encoder,
+    with_model,
 )
 
 
@@ -81,3 +83,46 @@ def test_builders_take_the_config_and_leave_it_alone(tmp_path) -> None:
     dm = build_datamodule(cfg)
     assert dm.batch_size == 64 and dm.max_len == 200
     assert OmegaConf.to_yaml(cfg) == before
+
+
+def test_an_unknown_task_or_model_names_the_options() -> None:
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match=r"Could not find 'model/transformerz'") as e:
+        compose(["model=transformerz"])
+    assert "baseline" in str(e.value) and "disentangled" in str(e.value)
+    with pytest.raises(MissingConfigException, match=r"Could not find 'task/listopz'") as e:
+        compose(["task=listopz"])
+    assert "listops_small" in str(e.value)
+
+
+def test_a_mixer_option_may_not_set_an_encoder_width() -> None:
+    cfg = compose(["task=listops_small", "+model.mixer.qkv_dim=8"])
+    with pytest.raises(
+        ValueError, match=r"model.mixer.qkv_dim is set, .* set task.encoder.qkv_dim"
+    ):
+        build_net(cfg)
+
+
+def test_a_network_that_cannot_build_on_meta_is_an_error_not_a_fallback(monkeypatch) -> None:
+    from torch import nn
+
+    from lra.registry import MIXERS
+
+    class RealTensorsOnly(nn.Module):
+        def __init__(self, d_model, num_heads, qkv_dim, attn_dropout=0.0, max_len=None):
+            super().__init__()
+            if torch.get_default_device().type == "meta":
+                raise RuntimeError("needs real tensors")
+            self.proj = nn.Linear(d_model, d_model)
+
+        def forward(self, x, mask):
+            return self.proj(x)
+
+    MIXERS.names()
+    monkeypatch.setitem(MIXERS._entries, "real_only", RealTensorsOnly)
+    cfg = with_model(
+        compose(["task=listops_small"]), {"name": "real_only", "mixer": {"name": "real_only"}}
+    )
+    with pytest.raises(RuntimeError, match="needs real tensors"):
+        count(cfg)

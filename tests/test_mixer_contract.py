@@ -86,6 +86,10 @@ def test_output_has_the_input_shape_and_dtype(name: str) -> None:
     assert torch.isfinite(y[mask]).all()
     short = apply(mixer, shared, x[:, :10], mask[:, :10])  # n < max_len: a shorter batch
     assert short.shape == (B, 10, D)
+    for module in (mixer, shared):
+        if module is not None:
+            module.double()
+    assert apply(mixer, shared, x.double(), mask).dtype == torch.float64, "the input's dtype"
 
 
 @pytest.mark.parametrize("name", MIXER_NAMES)

@@ -123,8 +123,9 @@ def test_slurm_launcher_composes_with_one_task_per_gpu() -> None:
     assert (launcher["nodes"], launcher["gpus_per_node"], launcher["tasks_per_node"]) == (2, 4, 4)
     assert launcher["partition"] == "gpu" and launcher["signal_delay_s"] > 0
     assert launcher["max_num_timeout"] > 0
-    assert cfg.trainer.strategy == "ddp" and cfg.trainer.num_nodes == 2
-    assert cfg.trainer.plugins[0].requeue_signal == "SIGUSR2"
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert trainer["strategy"] == "ddp" and trainer["num_nodes"] == 2 and trainer["devices"] == 4
+    assert trainer["plugins"][0]["requeue_signal"] == "SIGUSR2"
     assert per_device_batch(compose(["trainer=slurm", "trainer.devices=4",
                                      "trainer.num_nodes=2", "task=listops"])) == 4  # fmt: skip
 

@@ -129,6 +129,7 @@ def test_the_readme_task_trains(runs: Runs, tmp_path, monkeypatch: pytest.Monkey
     (tmp_path / "tasks" / "parity.py").write_text(python)
     (tmp_path / "conf" / "task").mkdir(parents=True)
     (tmp_path / "conf" / "task" / "parity.yaml").write_text(yaml)
+    TASK_REGISTRY.names()  # loaded now, so the copy below holds every task and teardown restores it
     monkeypatch.setattr(lra.data, "__path__", [*lra.data.__path__, str(tmp_path / "tasks")])
     monkeypatch.setattr(TASK_REGISTRY, "_entries", dict(TASK_REGISTRY._entries))
     try:
@@ -138,6 +139,7 @@ def test_the_readme_task_trains(runs: Runs, tmp_path, monkeypatch: pytest.Monkey
                        "trainer.enable_progress_bar=false", "logger=none", tiny=False)  # fmt: skip
     finally:
         sys.modules.pop("lra.data.parity", None)
+        vars(lra.data).pop("parity", None)
     assert r["task"] == "parity" and r["steps"] == 1 and 0.0 <= r["test_acc"] <= 1.0
     assert r["config"]["task"]["vocab_size"] == 3 and r["params"]["match"] is True
     assert abs(r["params"]["deviation"]) <= 0.01

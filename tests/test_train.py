@@ -3,14 +3,15 @@ the summary, the sweeper's value, the errors a user meets."""
 
 from __future__ import annotations
 
+import ast
 import csv
-import os
 from pathlib import Path
 
 import pytest
 from conftest import CLI, Runs, ok
 from wandb_records import read_offline_run
 
+import lra
 from lra.train import main, optimized_field
 
 
@@ -118,14 +119,26 @@ def test_missing_data_without_generation_names_the_path_and_the_command(cli: CLI
     assert "python -m lra.data.prepare listops_small" in proc.stderr
 
 
-def test_no_module_of_the_package_imports_the_entry_point() -> None:
-    import lra
+COMMANDS = {"lra.train", "lra.params", "lra.report", "lra.data.prepare"}  # python -m ...
 
-    package = os.path.dirname(lra.__file__)
-    for folder, _, files in os.walk(package):
-        for name in files:
-            path = os.path.join(folder, name)
-            if not name.endswith(".py") or path.endswith(os.path.join("lra", "train.py")):
-                continue
-            text = Path(path).read_text()
-            assert "from lra.train" not in text and "import lra.train" not in text, path
+
+def imported_modules(path: Path) -> set[str]:
+    """Modules a file imports: `import a.b`, `from a import b` (a and a.b), import_module("a.b")."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module":
+            found |= {arg.value for arg in node.args if isinstance(arg, ast.Constant)}
+    return found
+
+
+def test_no_module_of_the_package_imports_a_command() -> None:
+    package = Path(lra.__file__).parent
+    for path in package.rglob("*.py"):
+        name = ".".join(path.relative_to(package.parent).with_suffix("").parts)
+        imports = imported_modules(path) & (COMMANDS - {name})
+        assert not imports, f"{path} imports the command(s) {sorted(imports)}"
+    assert imported_modules(package / "build.py") >= {"lra.registry"}, "the check reads imports"

@@ -43,6 +43,12 @@ def mixer_factory(
     function that builds one mixer, both as the mixer contract says (lra/models/attention/
     __init__.py): `Mixer(d_model=, num_heads=, qkv_dim=, attn_dropout=, max_len=, **options)`."""
     mixer_cls = MIXERS.get(name)
+    clash = sorted(dims.keys() & options.keys())
+    if clash:  # the encoder's widths come from the task (and are what matching turns)
+        raise ValueError(
+            f"model.mixer.{clash[0]} is set, but the encoder gives every mixer its {clash[0]}: "
+            f"set task.encoder.{clash[0]} instead (or model.encoder.{clash[0]})"
+        )
     kwargs = {**dims, **options}
     build_shared = getattr(mixer_cls, "build_shared", None)
     shared = build_shared(**kwargs) if build_shared else None

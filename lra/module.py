@@ -14,6 +14,10 @@ from torchmetrics.classification import MulticlassAccuracy
 from lra.schedules import schedule
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite: the run stops, and says at which step."""
+
+
 class LRAClassifier(pl.LightningModule):
     """Trains any `net(batch) -> logits`; `optim` is the task's optimisation block."""
 
@@ -38,6 +42,12 @@ class LRAClassifier(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, preds = self._step(batch)
+        if not torch.isfinite(loss):  # a diverged run reports no accuracy, it stops
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss.item()}) at step {self.global_step + 1}: lower "
+                f"task.optim.lr (now {self.optim['lr']:g}), set task.optim.grad_clip, or check the "
+                "data"
+            )
         self.train_acc(preds, batch["label"])
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", self.train_acc, prog_bar=True)

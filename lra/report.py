@@ -4,7 +4,9 @@ Reads every `results.json` under the given run or multirun directories (default 
 runs of a W&B project (`--wandb ENTITY/PROJECT`, online). For each (task, model): mean ± sample
 standard deviation (ddof=1) of the test accuracy over seeds, the number of seeds and the parameter
 count; the average over LRA's five tasks (ListOps, Text, Retrieval, Image, Pathfinder) with Path-X
-shown apart. Runs without a test accuracy (failed, killed, still running) are listed, not averaged.
+shown apart. Only finished runs count: failed and interrupted runs (`status` in results.json, with
+the reason) and runs without a test accuracy (killed, still running) are listed apart, never
+averaged or ranked.
 
 Writes `leaderboard.md`, `leaderboard.csv`, `accuracy.png` (per task and model, with error bars)
 and `accuracy_vs_params.png` into `--out` (default `outputs/report`), and prints the markdown.
@@ -47,6 +49,13 @@ class Run:
     test_acc: float | None
     params: int | None
     source: str
+    status: str = "finished"  # finished | failed | interrupted | incomplete (no results.json)
+    reason: str = ""
+
+    @property
+    def counts(self) -> bool:
+        """Only a finished run with a test accuracy reaches the leaderboard."""
+        return self.status == "finished" and self.test_acc is not None
 
 
 def load_runs(dirs: list[Path]) -> list[Run]:
@@ -59,9 +68,11 @@ def load_runs(dirs: list[Path]) -> list[Run]:
             )
         for path in sorted(d.rglob("results.json")):
             r = json.loads(path.read_text())
+            status = r.get("status", "finished" if r.get("test_acc") is not None else "incomplete")
             runs.append(
                 Run(r["task"], r["model"], int(r["seed"]), r.get("test_acc"),
-                    (r.get("params") or {}).get("total"), str(path.parent))
+                    (r.get("params") or {}).get("total"), str(path.parent), status,
+                    r.get("reason") or "")
             )  # fmt: skip
         done = {run.source for run in runs}
         for cfg_path in sorted(d.rglob(".hydra/config.yaml")):
@@ -71,7 +82,7 @@ def load_runs(dirs: list[Path]) -> list[Run]:
             cfg = yaml.safe_load(cfg_path.read_text())
             runs.append(
                 Run(cfg["task"]["name"], cfg["model"]["name"], int(cfg["seed"]), None, None,
-                    str(run_dir))
+                    str(run_dir), "incomplete")
             )  # fmt: skip
     return runs
 
@@ -83,9 +94,10 @@ def load_wandb_runs(path: str) -> list[Run]:
     runs = []
     for r in wandb.Api().runs(path):
         cfg, summary = r.config, r.summary
+        status = "finished" if r.state == "finished" else r.state  # failed, crashed, running
         runs.append(
             Run(cfg["task"]["name"], cfg["model"]["name"], int(cfg.get("seed", 0)),
-                summary.get("test/acc"), summary.get("params/total"), r.url)
+                summary.get("test/acc"), summary.get("params/total"), r.url, status)
         )  # fmt: skip
     return runs
 
@@ -94,7 +106,7 @@ def aggregate(runs: list[Run]) -> dict[tuple[str, str], dict[str, Any]]:
     """(task, model) -> mean, std (ddof=1; 0 for one seed), n, seeds, params, in %."""
     groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for run in runs:
-        if run.test_acc is not None:
+        if run.counts:
             groups[(run.task, run.model)].append(run)
     cells = {}
     for key, group in groups.items():
@@ -157,7 +169,14 @@ def markdown(runs: list[Run], cells: dict, reference: bool) -> str:
     for (t, m), c in sorted(cells.items(), key=lambda kv: (tasks.index(kv[0][0]), kv[0][1])):
         params = "" if c["params"] is None else f"{c['params']:,}"
         out.append(f"| {t} | {m} | {params} | {', '.join(map(str, c['seeds']))} |")
-    incomplete = [r for r in runs if r.test_acc is None]
+    failed = [r for r in runs if r.status in ("failed", "interrupted", "crashed")]
+    out += ["", f"## Failed runs ({len(failed)}): not averaged, not ranked", ""]
+    out += [
+        f"- {r.task} / {r.model} / seed {r.seed}: {r.status}: {r.reason or 'no reason recorded'} "
+        f"({r.source})"
+        for r in failed
+    ] or ["- none"]
+    incomplete = [r for r in runs if not r.counts and r not in failed]
     out += ["", f"## Incomplete runs ({len(incomplete)}): no test accuracy, not averaged", ""]
     out += [f"- {r.task} / {r.model} / seed {r.seed}: {r.source}" for r in incomplete] or ["- none"]
     return "\n".join(out) + "\n"

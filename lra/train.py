@@ -6,6 +6,7 @@ compose (Hydra) -> match parameters -> build (lra/build.py) -> fit -> test -> re
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from lra.build import CONF_DIR, build_datamodule, build_module
@@ -83,23 +85,77 @@ def _float(x: Any) -> float | None:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit and test one run; returns (and writes to run_dir/results.json) what it measured. The
-    W&B run it opens is closed on the way out, failed or not, so a sweep's next job opens its own.
-    """
+    """Fit and test one run; returns (and writes to run_dir/results.json) what it measured, with
+    `status: finished`. A run that fails (a non-finite loss, bad data, any error) or is interrupted
+    (SIGTERM, Ctrl-C) writes results.json with `status: failed` or `interrupted`, the reason and no
+    metrics, and ends in an error: the exception goes on, and SIGTERM exits 143 (Lightning's own
+    SIGTERM exit would be 0). The W&B run is closed on the way out, failed or not, so a sweep's
+    next job opens its own."""
+    record: dict[str, Any] = {}  # what is known of the run so far, for a results.json on failure
     failed = True
     try:
-        results = fit_and_test(cfg)
+        results = fit_and_test(cfg, record)
         failed = False
         return results
+    except BaseException as e:
+        status, reason = outcome(e)
+        record_failure(record, status, reason)
+        if isinstance(e, SIGTERMException):
+            raise SystemExit(128 + signal.SIGTERM) from e
+        raise
     finally:
         close_wandb(failed)
 
 
-def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
+def outcome(e: BaseException) -> tuple[str, str]:
+    """(status, reason) of a run that ended in `e`."""
+    if isinstance(e, SIGTERMException):
+        return "interrupted", "SIGTERM"
+    if isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and e.code):
+        return "interrupted", "interrupted (Ctrl-C)"  # Lightning exits 1 after a KeyboardInterrupt
+    return "failed", f"{type(e).__name__}: {e}"
+
+
+def record_failure(record: dict[str, Any], status: str, reason: str) -> None:
+    """results.json of a run that did not finish: who it was, how far it got, why it stopped."""
+    if "run_dir" not in record or rank_zero_only.rank != 0:
+        return
+    trainer = record.pop("trainer", None)
+    results = {
+        **record,
+        "status": status,
+        "reason": reason,
+        **dict.fromkeys(
+            (
+                "val_acc_best",
+                "val_loss",
+                "test_acc",
+                "test_loss",
+                "test_checkpoint",
+                "test_majority_rate",
+                "fit_seconds",
+                "train_tokens_per_s",
+            ),
+            None,
+        ),  # fmt: skip
+        "steps": trainer.global_step if trainer is not None else 0,
+        "wall_seconds": time.time() - record["started"],
+    }
+    del results["started"]
+    write_json(Path(record["run_dir"]) / "results.json", results)
+    print(
+        f"{record.get('run_name')}: {status} after {results['steps']} steps: {reason}", flush=True
+    )
+    print(f"results: {record['run_dir']}/results.json", flush=True)
+
+
+def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
     t_start = time.time()
     optimized_field(cfg)
     run_dir = output_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    record.update(started=t_start, run_name=cfg.run_name, run_dir=str(run_dir), task=cfg.task.name,
+                  model=cfg.model.name, seed=cfg.seed)  # fmt: skip
     pl.seed_everything(cfg.seed, workers=True)
 
     resume_dir = find_resume_dir(cfg, run_dir)
@@ -117,6 +173,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     params = {**matched_facts(cfg), **count_parameters(module.net)}
     config = OmegaConf.to_container(cfg, resolve=True)
     config["per_device_batch"] = datamodule.batch_size
+    record.update(params=params, resumed_from=ckpt_path, config=config)
 
     best = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -143,6 +200,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=run_dir
     )
+    record["trainer"] = trainer
 
     t_fit = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -164,6 +222,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         "task": cfg.task.name,
         "model": cfg.model.name,
         "seed": cfg.seed,
+        "status": "finished",
         "params": params,
         "val_acc_best": val_best,
         "val_loss": val_loss,

@@ -34,6 +34,12 @@ def write_runs(root: Path) -> None:
     (crashed / "results.json").write_text(
         json.dumps({"task": "text", "model": "igloo", "seed": 0, "test_acc": None, "params": {}})
     )
+    diverged = root / "runs" / "listops-baseline-s9" / "t2"  # a number, but not a result
+    diverged.mkdir(parents=True)
+    (diverged / "results.json").write_text(
+        json.dumps({"task": "listops", "model": "baseline", "seed": 9, "test_acc": 0.12,
+                    "status": "failed", "reason": "NonFiniteLossError: at step 3", "params": {}})
+    )  # fmt: skip
     killed = root / "runs" / "image-igloo-s4" / "t1"
     (killed / ".hydra").mkdir(parents=True)
     (killed / "checkpoints").mkdir()
@@ -68,7 +74,8 @@ def test_report_reproduces_means_stds_and_lists_incomplete_runs(cli: CLI, tmp_pa
     assert "37.50 ± 3.54 (n=2)" in igloo_row and "| |" in igloo_row.replace("|  |", "| |")
     assert "S4 and later papers average six tasks" in md
     assert "Transformer (LRA paper)" in md
-    assert "Incomplete runs (2)" in md
+    assert "Incomplete runs (2)" in md and "Failed runs (1): not averaged, not ranked" in md
+    assert "listops / baseline / seed 9: failed: NonFiniteLossError: at step 3" in md
     assert "text / igloo / seed 0" in md and "image / igloo / seed 4" in md
     for png in ("accuracy.png", "accuracy_vs_params.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import csv
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from conftest import CLI, Runs, ok
 from wandb_records import read_offline_run
 
 import lra
+from lra.module import NonFiniteLossError
 from lra.train import main, optimized_field
 
 
@@ -117,6 +120,41 @@ def test_missing_data_without_generation_names_the_path_and_the_command(cli: CLI
     expected = f"{cli.data_dir}/listops_small/basic_train.tsv not found"
     assert expected in proc.stderr
     assert "python -m lra.data.prepare listops_small" in proc.stderr
+    r = cli.results()  # the failed run says so where a script looks
+    assert r["status"] == "failed" and expected in r["reason"] and r["test_acc"] is None
+
+
+def test_a_non_finite_loss_stops_the_run_and_results_say_failed(runs: Runs, capsys) -> None:
+    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss \(\w+\) at step \d"):
+        runs.train("task.optim.lr=1e10", "task.optim.warmup_steps=1", "logger=csv")
+    r = runs.results()
+    assert r["status"] == "failed" and "NonFiniteLossError" in r["reason"]
+    assert r["reason"].endswith("or check the data") and "task.optim.lr (now 1e+10)" in r["reason"]
+    assert r["test_acc"] is None and r["val_acc_best"] is None and 0 <= r["steps"] < 4
+    assert r["params"]["total"] > 0 and r["config"]["task"]["optim"]["lr"] == 1e10
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("listops_small-baseline-s0: failed after ") for line in lines)
+
+
+def test_sigterm_ends_the_run_non_zero_and_results_say_interrupted(runs: Runs, monkeypatch) -> None:
+    from lra.callbacks import StepSeed
+
+    seed_step = StepSeed.on_train_batch_start
+
+    def terminate_at_step_2(self, trainer, module, batch, idx) -> None:
+        seed_step(self, trainer, module, batch, idx)
+        if trainer.global_step == 2:
+            handler = signal.getsignal(signal.SIGTERM)
+            assert handler not in (signal.SIG_DFL, None), "Lightning handles SIGTERM in fit"
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(StepSeed, "on_train_batch_start", terminate_at_step_2)
+    with pytest.raises(SystemExit) as stop:
+        runs.train("logger=none")
+    assert stop.value.code == 128 + signal.SIGTERM
+    r = runs.results()
+    assert (r["status"], r["reason"], r["test_acc"]) == ("interrupted", "SIGTERM", None)
+    assert r["steps"] == 3, "the step under way when the signal came is completed"
 
 
 COMMANDS = {"lra.train", "lra.params", "lra.report", "lra.data.prepare"}  # python -m ...

@@ -207,6 +207,9 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
     fit_seconds = time.time() - t_fit
     val_best = module.val_acc_best.compute().item() if module.val_acc_best.update_called else None
     val_loss = _float(trainer.callback_metrics.get("val/loss"))  # trainer.test replaces them
+    data_source = datamodule.source()  # known once prepare_data has found or made the data
+    for logger in loggers:
+        logger.log_hyperparams({"data_source": data_source})
 
     test: dict[str, float] = {}
     tested = None
@@ -224,6 +227,7 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
         "seed": cfg.seed,
         "status": "finished",
         "params": params,
+        "data_source": data_source,
         "val_acc_best": val_best,
         "val_loss": val_loss,
         "test_acc": test.get("test/acc"),

@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lra.data.listops import ListOpsSpec
+from lra.data.listops import write_listops as generate_listops
+
 
 def write_listops(folder: Path, rows: list[tuple[str, int]]) -> None:
     """basic_{train,val,test}.tsv: header `Source<TAB>Target`, the same rows in each split."""
@@ -89,7 +92,9 @@ def write_all_tasks(data_dir: Path) -> None:
     lra = data_dir / "lra_release"
     trees = [("( ( ( [MAX 2 ) 9 ) ] )", 9), ("( ( [MIN 4 ) 1 ] )", 1)] * 4
     write_listops(lra / "listops-1000", trees)
-    write_listops(data_dir / "listops_small", trees)  # rather than 22,000 generated trees
+    small = ListOpsSpec(max_depth=4, max_args=5, min_length=10, max_length=200, num_train=8,
+                        num_val=4, num_test=4)  # fmt: skip
+    generate_listops(data_dir / "listops_small", small, seed=0)  # rather than 22,000 trees
     write_aclimdb(
         data_dir,
         {

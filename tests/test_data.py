@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from lra.build import build_datamodule, compose
 from lra.data.listops import ListOpsDataModule
 from lra.data.prepare import main as prepare
 
@@ -18,7 +19,8 @@ GENERATOR = dict(
 def datamodule(tmp_path: Path, **changes) -> ListOpsDataModule:
     kwargs = dict(
         task_name="listops_tiny", cache_dir=str(tmp_path / "cache"), max_len=60, batch_size=8,
-        dir=str(tmp_path / "listops"), generator=GENERATOR,
+        dir=str(tmp_path / "release"), generated_dir=str(tmp_path / "listops"),
+        generator=GENERATOR,
     )  # fmt: skip
     return ListOpsDataModule(**{**kwargs, **changes})
 
@@ -63,7 +65,8 @@ def test_pad_to_batch_pads_to_the_longest_row(tmp_path: Path) -> None:
 
 def test_missing_files_without_generation_raise_with_the_fix(tmp_path: Path) -> None:
     dm = datamodule(tmp_path, generate=False)
-    with pytest.raises(FileNotFoundError, match="basic_train.tsv not found: run 'python -m lra"):
+    with pytest.raises(FileNotFoundError, match=r"release/basic_train.tsv not found \(looked in "
+                       r".*release/ and .*listops/\): run 'python -m lra"):  # fmt: skip
         dm.prepare_data()
 
 
@@ -81,3 +84,70 @@ def test_prepare_writes_the_official_layout_deterministically(tmp_path: Path) ->
 def test_prepare_refuses_an_unknown_task(capsys: pytest.CaptureFixture) -> None:
     assert prepare(["listopz"]) == 2
     assert "Could not find 'task/listopz'" in capsys.readouterr().err
+
+
+def test_prepare_never_deletes_or_replaces_files_it_did_not_write(tmp_path: Path, capsys) -> None:
+    small = ["task.data.generator.num_train=20", "task.data.generator.num_val=5",
+             "task.data.generator.num_test=5"]  # fmt: skip
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("a researcher's notes")
+    assert prepare(["listops_small", "--out", str(out), *small]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} holds files this generator did not write (notes.txt)" in err and "--force" in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"], "refused: nothing written"
+    assert prepare(["listops_small", "--out", str(out), "--force", *small]) == 0
+    assert (out / "notes.txt").read_text() == "a researcher's notes"
+    assert {p.name for p in out.iterdir()} == {"notes.txt", "MANIFEST.json", "basic_train.tsv",
+                                               "basic_val.tsv", "basic_test.tsv"}  # fmt: skip
+    (out / "more.txt").write_text("written after")  # the folder is now the generator's own
+    assert prepare(["listops_small", "--out", str(out), "--seed", "3", *small]) == 0
+    assert (out / "more.txt").exists() and (out / "notes.txt").exists()
+    assert json.loads((out / "MANIFEST.json").read_text())["seed"] == 3
+    assert not list(tmp_path.glob(".mine*")), "no temporary folder is left behind"
+
+
+def test_listops_is_generated_apart_from_the_release_folder(tmp_path: Path) -> None:
+    cfg = compose(["task=listops", f"paths.data_dir={tmp_path}", "task.data.generator.num_train=20",
+                   "task.data.generator.num_val=5", "task.data.generator.num_test=5",
+                   "task.data.generator.max_length=60", "task.data.generator.min_length=5",
+                   "task.data.generator.max_depth=3"])  # fmt: skip
+    user = tmp_path / "lra_release" / "README.txt"
+    user.parent.mkdir()
+    user.write_text("the release's own file")
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    assert dm.dir == tmp_path / "generated" / "listops-1000" and dm.source()["kind"] == "generated"
+    assert sorted(p.name for p in (tmp_path / "lra_release").iterdir()) == ["README.txt"]
+    assert set(dm.source()["sha256"]) == {"basic_train.tsv", "basic_val.tsv", "basic_test.tsv"}
+
+
+def test_the_release_is_preferred_and_a_partial_one_is_an_error(tmp_path: Path) -> None:
+    dm = datamodule(tmp_path)
+    dm.prepare_data()  # a generated set
+    release = tmp_path / "release"
+    release.mkdir()
+    rows = "Source\tTarget\n( ( [MAX 2 ) 9 ] )\t9\n"
+    for split in ("train", "val"):
+        (release / f"basic_{split}.tsv").write_text(rows)
+    with pytest.raises(
+        FileNotFoundError, match=r"release/basic_test.tsv not found, but .* a partial"
+    ):
+        datamodule(tmp_path).prepare_data()  # generate is on: still an error, nothing generated
+    (release / "basic_test.tsv").write_text(rows)
+    dm = datamodule(tmp_path)
+    dm.prepare_data()
+    dm.setup()
+    assert dm.dir == release and dm.source() == {"kind": "release", "dir": str(release)}
+    assert len(dm.splits["test"]) == 1
+
+
+def test_a_release_in_the_wrong_folder_is_named(tmp_path: Path) -> None:
+    stray = tmp_path / "listops-1000"
+    stray.mkdir()
+    (stray / "basic_train.tsv").write_text("Source\tTarget\n")
+    dm = ListOpsDataModule(task_name="listops", cache_dir=str(tmp_path / "cache"), max_len=60,
+                           batch_size=8, dir=str(tmp_path / "lra_release" / "listops-1000"),
+                           generated_dir=str(tmp_path / "generated"), generate=False)  # fmt: skip
+    with pytest.raises(FileNotFoundError, match=rf"found {stray}/, which is not where the release"):
+        dm.prepare_data()

@@ -13,6 +13,7 @@ from lra.data.listops import (
     VOCAB,
     ListOpsSpec,
     generate_examples,
+    is_complete,
     read_tsv,
     sample_tree,
     tokenize,
@@ -138,18 +139,33 @@ def test_same_seed_gives_byte_identical_files_and_manifest_checksums(tmp_path: P
     assert header == "Source\tTarget"
 
 
-def test_generation_replaces_a_folder_whole(tmp_path: Path) -> None:
+def test_generation_replaces_its_own_files_and_nothing_else(tmp_path: Path) -> None:
     out = tmp_path / "listops"
-    write_listops(out, SMALL, seed=1)
-    (out / "stale.txt").write_text("from an older run")
-    write_listops(out, SMALL, seed=2)
+    first = write_listops(out, SMALL, seed=1)
+    (out / "user.txt").write_text("not the generator's")
+    second = write_listops(out, SMALL, seed=2)
     assert sorted(p.name for p in out.iterdir()) == [
         "MANIFEST.json",
         "basic_test.tsv",
         "basic_train.tsv",
         "basic_val.tsv",
+        "user.txt",
     ]
+    assert (out / "user.txt").read_text() == "not the generator's"
+    assert sha256(out / "basic_train.tsv") == second["basic_train.tsv"]["sha256"]
+    assert first["basic_train.tsv"]["sha256"] != second["basic_train.tsv"]["sha256"]
     assert not list(tmp_path.glob(".listops*")), "no temporary folder is left behind"
+
+
+def test_a_set_cut_short_is_not_complete(tmp_path: Path) -> None:
+    out = tmp_path / "listops"
+    write_listops(out, SMALL, seed=1)
+    assert is_complete(out)
+    with open(
+        out / "basic_val.tsv", "a"
+    ) as f:  # a move cut short: another file than the manifest's
+        f.write("( 1 )\t1\n")
+    assert not is_complete(out)
 
 
 def test_reader_on_an_official_format_tsv(tmp_path: Path) -> None:

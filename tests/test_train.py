@@ -23,6 +23,10 @@ def test_fast_dev_run_trains_and_tests(runs: Runs) -> None:
     assert results["steps"] == 1
     assert 0.0 <= results["test_acc"] <= 1.0
     assert results == runs.results(), "what train() returns is what results.json holds"
+    assert results["status"] == "finished"
+    source = results["data_source"]
+    assert source["kind"] == "generated" and source["dir"] == str(runs.data_dir / "listops_small")
+    assert set(source["sha256"]) == {"basic_train.tsv", "basic_val.tsv", "basic_test.tsv"}
     assert not (runs.root / "run" / "wandb").exists(), "logger=none runs without W&B"
 
 
@@ -60,6 +64,7 @@ def test_run_writes_results_json_and_an_offline_wandb_run(cli: CLI) -> None:
     assert run["config"]["model"]["mixer"]["name"] == "baseline"
     assert run["config"]["params"] == r["params"]
     assert run["summary"]["params/total"] == r["params"]["total"]
+    assert run["config"]["data_source"] == r["data_source"], "the data's source in W&B too"
 
 
 def test_val_loss_is_the_last_validations_loss(runs: Runs) -> None:

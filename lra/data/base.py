@@ -89,6 +89,11 @@ class LRADataModule(pl.LightningDataModule):
     def cache_params(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def source(self) -> dict[str, Any]:
+        """Where the data came from, for results.json and W&B (a task that can also generate its
+        data says which: the release or its own set, with checksums)."""
+        return {"kind": "files"}
+
     # --- shared ----------------------------------------------------------------------------
     def cache_path(self, split: str) -> Path:
         files = self.raw_files()[split]

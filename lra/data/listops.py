@@ -15,8 +15,12 @@ tokenizer dropped `]` and made the task unsolvable; we keep it as its own token)
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import os
 import random
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -26,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from lra.data.base import LRADataModule
-from lra.io import atomic_path, sha256, write_json
+from lra.io import sha256, write_json
 from lra.registry import TASKS
 
 log = logging.getLogger(__name__)
@@ -130,23 +134,67 @@ def generate_examples(spec: ListOpsSpec, seed: int) -> dict[str, list[tuple[str,
     return out
 
 
-def write_listops(out_dir: str | Path, spec: ListOpsSpec, seed: int) -> dict[str, Any]:
-    """Write basic_{train,val,test}.tsv and MANIFEST.json into out_dir, atomically as a whole."""
+GENERATOR = "lra.data.listops"
+FILES = tuple(f"basic_{split}.tsv" for split in SPLITS)
+
+
+def own_manifest(folder: Path) -> dict[str, Any] | None:
+    """The MANIFEST.json this generator wrote in `folder`, or None (absent, unreadable, another's)."""
+    try:
+        manifest = json.loads((folder / "MANIFEST.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("generator") == GENERATOR else None
+
+
+def is_complete(folder: Path) -> bool:
+    """A generated set whose files are all there, each of the size its manifest gives."""
+    manifest = own_manifest(folder)
+    return manifest is not None and all(
+        (folder / name).is_file()
+        and (folder / name).stat().st_size == manifest.get(name, {}).get("bytes")
+        for name in FILES
+    )
+
+
+def write_listops(
+    out_dir: str | Path, spec: ListOpsSpec, seed: int, force: bool = False
+) -> dict[str, Any]:
+    """Write basic_{train,val,test}.tsv and MANIFEST.json into out_dir; nothing else is touched.
+
+    The files are written in a temporary sibling, then moved in one by one, the manifest last. A
+    folder that holds files but no manifest of this generator is not ours: refused unless `force`
+    (and even then only these four names are written). A move cut short leaves a manifest whose
+    sizes do not match, so `is_complete` is false and the set is made again."""
     out_dir = Path(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and own_manifest(out_dir) is None and not force:
+        present = sorted(p.name for p in out_dir.iterdir())
+        raise FileExistsError(
+            f"{out_dir} holds files this generator did not write ({', '.join(present[:3])}"
+            f"{', ...' if len(present) > 3 else ''}): choose another --out (or "
+            "task.data.generated_dir), or --force to write its four files beside them"
+        )
     t0 = time.time()
     splits = generate_examples(spec, seed)
-    manifest: dict[str, Any] = {"generator": "lra.data.listops", "seed": seed, **asdict(spec)}
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
+    manifest: dict[str, Any] = {"generator": GENERATOR, "seed": seed, **asdict(spec)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
         for split, rows in splits.items():
             path = tmp / f"basic_{split}.tsv"
             with open(path, "w", newline="") as f:
                 writer = csv.writer(f, delimiter="\t", lineterminator="\n")
                 writer.writerow(["Source", "Target"])
                 writer.writerows(rows)
-            manifest[f"basic_{split}.tsv"] = {"rows": len(rows), "sha256": sha256(path)}
+            manifest[path.name] = {
+                "rows": len(rows), "bytes": path.stat().st_size, "sha256": sha256(path)
+            }  # fmt: skip
         manifest["seconds"] = round(time.time() - t0, 1)
         write_json(tmp / "MANIFEST.json", manifest)
+        for name in (*FILES, "MANIFEST.json"):
+            os.replace(tmp / name, out_dir / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 
@@ -179,42 +227,102 @@ def read_tsv(path: Path) -> Iterator[tuple[list[int], int]]:
 
 @TASKS.register("listops")
 class ListOpsDataModule(LRADataModule):
+    """Reads the official release (`dir`, never written) when it is there, else a set this
+    harness generated (`generated_dir`, made there when missing and `generate` is on)."""
+
     vocab_size = len(VOCAB) + 1
     num_classes = 10
 
     def __init__(
         self,
-        dir: str,
+        dir: str | None,
+        generated_dir: str | None = None,
         generate: bool = True,
         seed: int = 0,
         generator: dict[str, int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.dir = Path(dir)
+        if not dir and not generated_dir:
+            raise ValueError("ListOps needs task.data.dir (the release) or task.data.generated_dir")
+        self.release = Path(dir) if dir else None
+        self.generated = Path(generated_dir) if generated_dir else None
         self.generate = generate
         self.gen_seed = seed
         self.spec = ListOpsSpec(**(generator or {}))
 
+    @property
+    def dir(self) -> Path:
+        """The folder the splits are read from: the release when any of its files is there (a
+        partial one is an error in `fetch_raw`), else the generated set."""
+        if self.release is not None and any((self.release / n).exists() for n in FILES):
+            return self.release
+        return self.generated or self.release
+
     def raw_files(self) -> dict[str, Path]:
         return {split: self.dir / f"basic_{split}.tsv" for split in SPLITS}
 
+    def looked_in(self) -> str:
+        """Every place searched, and a copy of the release found where it is not read from."""
+        places = [f"{p}/" for p in (self.release, self.generated) if p is not None]
+        text = "looked in " + " and ".join(places)
+        if self.release is not None:
+            stray = self.release.parent.parent / self.release.name  # data/listops-1000
+            if stray != self.release and (stray / FILES[0]).exists():
+                text += (
+                    f"; found {stray}/, which is not where the release is read from: move it to "
+                    f"{self.release}/ or set task.data.dir={stray}"
+                )
+        return text
+
     def fetch_raw(self) -> None:
-        missing = [p for p in self.raw_files().values() if not p.exists()]
-        if not missing:
+        if self.release is not None:
+            missing = [n for n in FILES if not (self.release / n).exists()]
+            if len(missing) < len(FILES):  # the release is there, whole or not
+                if missing:
+                    raise FileNotFoundError(
+                        f"{self.release / missing[0]} not found, but {self.release} holds other "
+                        "ListOps files: a partial release. Unpack lra_release.gz again, or point "
+                        "task.data.dir at a complete listops-1000 folder"
+                    )
+                return
+        if self.generated is not None and is_complete(self.generated):
+            made = {k: v for k, v in (own_manifest(self.generated) or {}).items() if k in asdict(self.spec) or k == "seed"}
+            asked = {**asdict(self.spec), "seed": self.gen_seed}
+            if made != asked:  # ours, so it could be remade; but it is data a run may rely on
+                log.warning(
+                    "ListOps: the generated set in %s was made with %s, not the configured %s: "
+                    "it is used as it is; remove it (or point task.data.generated_dir elsewhere) "
+                    "to generate the configured one", self.generated, made, asked,
+                )  # fmt: skip
             return
-        if not self.generate:
+        if not self.generate or self.generated is None:
+            first = (self.release or self.generated) / FILES[0]
             raise FileNotFoundError(
-                f"{missing[0]} not found: run 'python -m lra.data.prepare {self.task_name} "
-                f"--out {self.dir}', set task.data.generate=true, or point paths.lra_dir at "
-                "your LRA release"
+                f"{first} not found ({self.looked_in()}): run 'python -m lra.data.prepare "
+                f"{self.task_name}', set task.data.generate=true, or point paths.lra_dir at your "
+                "LRA release"
             )
-        log.info("ListOps files missing in %s: generating them (seed %d)", self.dir, self.gen_seed)
+        log.warning(
+            "ListOps: no release found (%s); generating %d trees into %s, the harness's own data, "
+            "not LRA's files (results.json records the source)", self.looked_in(),
+            self.spec.num_train + self.spec.num_val + self.spec.num_test, self.generated,
+        )  # fmt: skip
         manifest = self.generate_files()
         log.info("generated ListOps in %.1f s", manifest["seconds"])
 
-    def generate_files(self) -> dict[str, Any]:
-        return write_listops(self.dir, self.spec, self.gen_seed)
+    def generate_files(self, force: bool = False) -> dict[str, Any]:
+        if self.generated is None:
+            raise ValueError("task.data.generated_dir is null: there is nowhere to generate into")
+        return write_listops(self.generated, self.spec, self.gen_seed, force=force)
+
+    def source(self) -> dict[str, Any]:
+        if self.dir == self.release:
+            return {"kind": "release", "dir": str(self.release)}
+        manifest = own_manifest(self.generated) or {}
+        checksums = {name: manifest.get(name, {}).get("sha256") for name in FILES}
+        return {"kind": "generated", "dir": str(self.generated), "seed": manifest.get("seed"),
+                "sha256": checksums}  # fmt: skip
 
     def read_split(self, split: str) -> Iterator[tuple[np.ndarray, int]]:
         for ids, label in read_tsv(self.raw_files()[split]):

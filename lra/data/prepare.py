@@ -29,7 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lra.data.prepare", description=__doc__)
     parser.add_argument("task", help="a generated task: listops, listops_small or pathfinder")
     parser.add_argument("--seed", type=int, default=None, help="generator seed (task default: 0)")
-    parser.add_argument("--out", default=None, help="output folder (task default: task.data.dir)")
+    parser.add_argument(
+        "--out", default=None,
+        help="output folder (default: the task's task.data.generated_dir; Pathfinder: task.data.dir)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--force", action="store_true",
+        help="ListOps: write into a folder that holds other files (they are left as they are)",
+    )  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. paths.data_dir=/data")
     snakes = parser.add_argument_group("pathfinder")
     snakes.add_argument("--resolution", type=int, choices=sorted(PATHFINDER_TASKS), default=32)
@@ -45,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None:
         overrides.append(f"task.data.seed={args.seed}")
     if args.out is not None:
-        overrides.append(f"task.data.dir={Path(args.out).resolve()}")
+        key = "dir" if task in PATHFINDER_TASKS.values() else "generated_dir"
+        overrides.append(f"task.data.{key}={Path(args.out).resolve()}")
     for flag, key in (
         ("difficulty", "difficulty"),
         ("n", "generator.n"),
@@ -64,9 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: task '{args.task}' has no generator; see data/README.md", file=sys.stderr)
         return 2
     t0 = time.time()
-    manifest = dm.generate_files()
+    try:
+        manifest = dm.generate_files(**({"force": True} if args.force else {}))  # ListOps only
+    except FileExistsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(manifest, indent=2))
-    print(f"wrote {getattr(dm, 'folder', dm.dir)} in {time.time() - t0:.1f} s")
+    where = dm.folder if hasattr(dm, "folder") else dm.generated
+    print(f"wrote {where} in {time.time() - t0:.1f} s")
     if args.grid:
         from lra.data.snakes import sample_grid
 

@@ -1,13 +1,16 @@
-"""Callbacks the harness adds to Lightning's own."""
+"""Callbacks and the checkpoint writer the harness adds to Lightning's own."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from lra.io import atomic_path
 from lra.models.encoder import PAD_ID
 
 
@@ -49,3 +52,20 @@ class StepSeed(pl.Callback):
         torch.manual_seed(
             (self.seed * 1_000_003 + trainer.global_rank) * 1_000_003 + trainer.global_step
         )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, atomic on a local disk: the checkpoint is written to a
+    temporary sibling, flushed to disk, then renamed onto its path, so a failed write (a full disk,
+    a kill) leaves the previous file or none, never half of one. Remote URLs go through Lightning's
+    own writer."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
+    ) -> None:
+        if "://" in str(path) or storage_options is not None:
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())

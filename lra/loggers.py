@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from lra.io import write_text
+from lra.io import atomic_path, write_text
 
 
 def wandb_group(cfg: DictConfig) -> str | None:
@@ -36,8 +37,40 @@ def wandb_run_id(run_dir: Path, resume_dir: Path | None) -> str:
     return generate_id()
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path, resume_dir: Path | None = None) -> list[Logger]:
-    """W&B and CSV loggers. A resumed run (or a requeued SLURM job) continues its W&B run."""
+class ContinuedCSVLogger(CSVLogger):
+    """Lightning's CSVLogger, but a resumed run keeps its history: Lightning's writer deletes an
+    existing metrics.csv, so the rows logged before the checkpoint's step are read first (from the
+    run being resumed) and written back as the start of this run's file. Rows of the steps after
+    the checkpoint are dropped: the resumed run logs them again."""
+
+    def __init__(self, *args: Any, history: Path | None = None, before_step: int = 0, **kw: Any):
+        super().__init__(*args, **kw)
+        self._kept: tuple[list[str], list[dict[str, str]]] | None = None
+        if history is not None and history.is_file():
+            with open(history, newline="") as f:
+                reader = csv.DictReader(f)
+                rows = [r for r in reader if int(r["step"]) < before_step]
+                self._kept = (list(reader.fieldnames or []), rows)
+
+    @property
+    def experiment(self) -> Any:
+        fresh = self._experiment is None
+        writer = super().experiment
+        if fresh and self._kept is not None and rank_zero_only.rank == 0:
+            keys, rows = self._kept
+            with atomic_path(writer.metrics_file_path) as tmp, open(tmp, "w", newline="") as f:
+                out = csv.DictWriter(f, fieldnames=keys)
+                out.writeheader()
+                out.writerows(rows)
+            writer.metrics_keys = list(keys)
+        return writer
+
+
+def build_loggers(
+    cfg: DictConfig, run_dir: Path, resume_dir: Path | None = None, resume_step: int = 0
+) -> list[Logger]:
+    """W&B and CSV loggers. A resumed run (or a requeued SLURM job) continues its W&B run, and its
+    CSV metrics up to the step it resumes from."""
     loggers: list[Logger] = []
     if cfg.logger.get("wandb"):
         w = cfg.logger.wandb
@@ -60,7 +93,16 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resume_dir: Path | None = None
             logger.experiment.define_metric("val/acc", summary="max")
         loggers.append(logger)
     if cfg.logger.get("csv"):
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+        history = resume_dir / "csv" / "metrics.csv" if resume_dir is not None else None
+        loggers.append(
+            ContinuedCSVLogger(
+                save_dir=str(run_dir),
+                name="csv",
+                version="",
+                history=history,
+                before_step=resume_step,
+            )  # fmt: skip
+        )
     return loggers
 
 

@@ -5,6 +5,7 @@ compose (Hydra) -> match parameters -> build (lra/build.py) -> fit -> test -> re
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
@@ -20,7 +22,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from lra.build import CONF_DIR, build_datamodule, build_module
-from lra.callbacks import StepSeed, TokenThroughput
+from lra.callbacks import AtomicCheckpointIO, StepSeed, TokenThroughput
 from lra.console import print_config_tree, print_summary
 from lra.io import write_json
 from lra.loggers import build_loggers, close_wandb, log_run_facts
@@ -78,6 +80,22 @@ def find_resume_dir(cfg: DictConfig, run_dir: Path) -> Path | None:
         log.warning("resume: no %s under %s yet; starting afresh", LAST, run_dir)
         return None
     return earlier[-1].parents[1]
+
+
+def finished_results(run_dir: Path) -> dict[str, Any] | None:
+    """The results.json of a run that finished in `run_dir`, else None."""
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return results if results.get("status", "finished") == "finished" else None
+
+
+def checkpoint_step(path: str | None) -> int:
+    """The global step a checkpoint was saved at (memory-mapped: the weights are not read)."""
+    if path is None:
+        return 0
+    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])
 
 
 def _float(x: Any) -> float | None:
@@ -163,6 +181,14 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
     if ckpt_path == "last":  # asked to resume, nothing to resume from
         ckpt_path = None
     if resume_dir:
+        done = finished_results(resume_dir)
+        if done is not None:  # nothing to resume: say so, and touch nothing
+            if rank_zero_only.rank == 0:
+                print(
+                    f"{cfg.run_name}: already finished in {resume_dir}; nothing resumed", flush=True
+                )
+                print_summary(done)
+            return done
         log.info("resuming %s from %s", cfg.run_name, ckpt_path)
 
     cfg = match_parameters(cfg)  # the run config: knobs turned, params.* filled, encoder resolved
@@ -190,16 +216,20 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
         every_n_train_steps=cfg.checkpoint_every_n_steps,
     )
     throughput = TokenThroughput()
-    loggers = build_loggers(cfg, run_dir, resume_dir)
+    loggers = build_loggers(
+        cfg, run_dir, resume_dir, checkpoint_step(ckpt_path) if resume_dir else 0
+    )
     log_run_facts(loggers, config, params)
     callbacks: list[pl.Callback] = [best, last, throughput, StepSeed(cfg.seed)]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    plugins = [hydra.utils.instantiate(p) for p in cfg.trainer.get("plugins") or []]
     trainer: pl.Trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=run_dir
-    )
+        cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=run_dir,
+        plugins=[*plugins, AtomicCheckpointIO()],
+    )  # fmt: skip
     record["trainer"] = trainer
 
     t_fit = time.time()

@@ -3,6 +3,7 @@ SIGKILL then resume, the SLURM launcher's composed settings."""
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 import subprocess
@@ -78,6 +79,17 @@ RESUMABLE = [
 ]
 
 
+def metric_rows(path: Path) -> dict[tuple[int, str], float]:
+    """(step, metric) -> value of a metrics.csv, for training loss and validation."""
+    with open(path) as f:
+        return {
+            (int(row["step"]), key): float(row[key])
+            for row in csv.DictReader(f)
+            for key in ("train/loss", "val/loss", "val/acc")
+            if row.get(key)
+        }
+
+
 def command(runs: Runs, run_dir: str, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "lra.train", *TINY, *RESUMABLE, *extra,
@@ -106,6 +118,11 @@ def test_sigkill_then_resume_reaches_exactly_the_uninterrupted_metrics(runs: Run
     assert isinstance(straight["val_loss"], float), "real numbers are compared"
     for key in ("steps", "val_acc_best", "val_loss", "test_acc", "test_loss"):
         assert resumed[key] == straight[key], key
+
+    logged = {name: metric_rows(runs.root / name / "csv" / "metrics.csv")
+              for name in ("straight", "killed")}  # fmt: skip
+    assert logged["killed"] == logged["straight"], "the CSV history is kept and continued"
+    assert {step for step, _ in logged["straight"]} == set(range(30)), "every step is logged"
 
     wandb_runs = sorted((runs.root / "killed" / "wandb").glob("offline-run-*"))
     assert len(wandb_runs) == 2

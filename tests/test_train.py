@@ -113,6 +113,18 @@ def test_resume_from_last_ckpt_continues_the_step_count(runs: Runs) -> None:
     assert steps and min(steps) >= 4, f"the resumed run starts after step 4, logged {steps}"
 
 
+def test_resume_on_a_finished_run_reports_it_and_touches_nothing(runs: Runs, capsys) -> None:
+    first = runs.train("logger=csv")
+    run = runs.root / "run"
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*") if p.is_file()}
+    again = runs.train("logger=csv", "resume=true")
+    assert again == first, "the finished run's results"
+    out = capsys.readouterr().out
+    assert "listops_small-baseline-s0: already finished in " in out and "nothing resumed" in out
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*") if p.is_file()}
+    assert after == before, "no file written, replaced or deleted"
+
+
 def test_unknown_mixer_name_lists_the_registered_ones(runs: Runs) -> None:
     with pytest.raises(KeyError, match="unknown mixer 'nope'; registered: baseline"):
         runs.train("model.mixer.name=nope", "logger=none")

@@ -13,7 +13,7 @@ changes a config returns a new one.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -34,11 +34,53 @@ def compose(overrides: Sequence[str] = (), return_hydra_config: bool = False) ->
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(
+        cfg = hydra_compose(
             config_name="config",
             overrides=list(overrides),
             return_hydra_config=return_hydra_config,
         )
+    validate(cfg)
+    return cfg
+
+
+def _integer(low: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _number(ok: Callable[[float], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int | float) and not isinstance(v, bool) and ok(v)
+
+
+ABSENT = object()
+# key -> (check, what it must be); keys absent from a config are not checked
+NUMERIC_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": (_integer(-(2**63)), "an integer"),
+    "task.max_len": (_integer(1), "an integer >= 1 (tokens per sequence)"),
+    **{
+        f"task.encoder.{k}": (_integer(1), "an integer >= 1")
+        for k in ("num_layers", "num_heads", "d_model", "qkv_dim", "mlp_dim")
+    },  # fmt: skip
+    **{
+        f"task.encoder.{k}": (_number(lambda v: 0 <= v < 1), "a probability in [0, 1)")
+        for k in ("dropout", "attn_dropout")
+    },  # fmt: skip
+    "task.optim.batch_size": (_integer(1), "an integer >= 1 (the global batch)"),
+    "task.optim.lr": (_number(lambda v: v > 0), "a number > 0 (the base learning rate)"),
+    "task.optim.warmup_steps": (_integer(0), "an integer >= 0"),
+    "task.optim.max_steps": (_integer(1), "an integer >= 1"),
+    "task.optim.weight_decay": (_number(lambda v: v >= 0), "a number >= 0"),
+    "task.optim.grad_clip": (lambda v: v is None or _number(lambda x: x > 0)(v), "null or > 0"),
+    "params.tolerance": (_number(lambda v: v >= 0), "a number >= 0 (relative)"),
+    "checkpoint_every_n_steps": (_integer(1), "an integer >= 1"),
+}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the config's numeric keys once, before anything is built: the error names the key."""
+    for key, (ok, what) in NUMERIC_KEYS.items():
+        value = OmegaConf.select(cfg, key, default=ABSENT)
+        if value is not ABSENT and not ok(value):
+            raise ValueError(f"{key}={value!r}: must be {what}")
 
 
 def configs(group: str) -> list[str]:

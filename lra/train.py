@@ -21,7 +21,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Ri
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from lra.build import CONF_DIR, build_datamodule, build_module
+from lra.build import CONF_DIR, build_datamodule, build_module, validate
 from lra.callbacks import AtomicCheckpointIO, StepSeed, TokenThroughput
 from lra.console import print_config_tree, print_summary
 from lra.io import write_json
@@ -169,6 +169,7 @@ def record_failure(record: dict[str, Any], status: str, reason: str) -> None:
 
 def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
     t_start = time.time()
+    validate(cfg)
     optimized_field(cfg)
     run_dir = output_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -126,3 +128,28 @@ def test_a_network_that_cannot_build_on_meta_is_an_error_not_a_fallback(monkeypa
     )
     with pytest.raises(RuntimeError, match="needs real tensors"):
         count(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("task.max_len=0", "task.max_len=0: must be an integer >= 1"),
+        ("task.optim.batch_size=abc", "task.optim.batch_size='abc': must be an integer >= 1"),
+        ("task.optim.lr=-0.001", "task.optim.lr=-0.001: must be a number > 0"),
+        ("task.encoder.dropout=1.5", "task.encoder.dropout=1.5: must be a probability in [0, 1)"),
+        ("task.optim.grad_clip=0", "task.optim.grad_clip=0: must be null or > 0"),
+        ("task.encoder.mlp_dim=null", "task.encoder.mlp_dim=None: must be an integer >= 1"),
+    ],
+)
+def test_numeric_keys_are_checked_once_before_anything_is_built(override, message) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        compose(["task=listops_small", override])
+
+
+def test_the_command_line_config_is_checked_too(tmp_path) -> None:
+    from lra.train import train
+
+    cfg = compose(["task=listops_small", f"paths.output_dir={tmp_path}"])
+    cfg.task.max_len = 0  # as Hydra hands it to train(), past compose()
+    with pytest.raises(ValueError, match="task.max_len=0: must be an integer >= 1"):
+        train(cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import statistics
@@ -11,6 +12,7 @@ import pytest
 
 from lra.data.listops import (
     VOCAB,
+    ListOpsDataModule,
     ListOpsSpec,
     generate_examples,
     is_complete,
@@ -199,7 +201,10 @@ def test_reader_on_an_official_format_tsv(tmp_path: Path) -> None:
         ("( ( ( [MAX 2 ) 9 ) ] )\n", "expected 2 tab-separated columns"),
         ("( ( ( [MAX 2 ) 9 ) ] )\tnine\n", "is not a number"),
         ("( ( ( [MEAN 2 ) 9 ) ] )\t5\n", "unknown ListOps token '[MEAN'"),
-        ("( ( ( [MAX 2 ) 9 ) ] )\t12\n", "outside 0..9"),
+        ("( ( ( [MAX 2 ) 9 ) ] )\t12\n", "label '12' is not a whole number in 0..9"),
+        ("( ( ( [MAX 2 ) 9 ) ] )\t3.7\n", "label '3.7' is not a whole number in 0..9"),
+        ("( ( ( [MAX 2 ) 9 ) ] )\tinf\n", "label 'inf' is not a whole number in 0..9"),
+        ("( ( ( [MAX 2 ) 9 ) ] )\tnan\n", "label 'nan' is not a whole number in 0..9"),
     ],
 )
 def test_reader_errors_name_file_and_line(tmp_path: Path, body: str, message: str) -> None:
@@ -208,3 +213,35 @@ def test_reader_errors_name_file_and_line(tmp_path: Path, body: str, message: st
     with pytest.raises(ValueError, match=re.escape(message)) as err:
         list(read_tsv(path))
     assert f"{path}:3" in str(err.value)
+
+
+def test_labels_written_as_floats_are_read_as_lra_reads_them(tmp_path: Path) -> None:
+    path = tmp_path / "basic_test.tsv"
+    path.write_text("Source\tTarget\n( ( ( [MAX 2 ) 9 ) ] )\t9.0\n")
+    assert [label for _, label in read_tsv(path)] == [9]
+
+
+def release(folder: Path, rows: dict[str, str]) -> ListOpsDataModule:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val", "test"):
+        (folder / f"basic_{split}.tsv").write_text("Source\tTarget\n" + rows.get(split, rows["*"]))
+    return ListOpsDataModule(task_name="listops", cache_dir=str(folder / "cache"), max_len=6,
+                             batch_size=2, dir=str(folder), generate=False)  # fmt: skip
+
+
+def test_an_empty_split_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    dm = release(tmp_path / "lo", {"*": "( ( [MAX 2 ) 9 ] )\t9\n", "val": ""})
+    with pytest.raises(ValueError, match=r"listops val: no rows in .*basic_val.tsv: the split is"):
+        dm.prepare_data()
+
+
+def test_cut_rows_and_a_single_class_are_warned_once(tmp_path: Path, caplog) -> None:
+    long = "( ( ( ( [SM ( ( ( [MIN 3 ) 5 ) ] ) ) 4 ) 1 ) ] )\t8\n"  # 8 tokens > max_len 6
+    dm = release(tmp_path / "lo", {"*": long + "( ( [MAX 2 ) 9 ] )\t9\n", "test": long * 3})
+    with caplog.at_level(logging.WARNING):
+        dm.prepare_data()
+    cut = [r.message for r in caplog.records if "longer than task.max_len" in r.message]
+    assert "ListOps train: 1 of 2 rows are longer than task.max_len=6 (the longest has 8 tokens)" \
+        in cut[0] and len(cut) == 3  # fmt: skip
+    single = [r.message for r in caplog.records if "single class" in r.message]
+    assert len(single) == 1 and "listops test: every one of the 3 rows has label 8" in single[0]

@@ -136,7 +136,21 @@ class LRADataModule(pl.LightningDataModule):
                 flush()
         if columns["label"] or not chunks:
             flush()
-        return datasets.concatenate_datasets(chunks)
+        dataset = datasets.concatenate_datasets(chunks)
+        if len(dataset) == 0:
+            files = self.raw_files()[split]
+            raise ValueError(
+                f"{self.task_name} {split}: no rows in {files}: the split is empty (a header only, "
+                "or every example unreadable); restore the file or generate the data again"
+            )
+        classes = np.unique(dataset.with_format("numpy")["label"])
+        if len(classes) == 1:
+            log.warning(
+                "%s %s: every one of the %d rows has label %d: a split with a single class "
+                "cannot tell a model from a constant", self.task_name, split, len(dataset),
+                classes[0],
+            )  # fmt: skip
+        return dataset
 
     def setup(self, stage: str | None = None) -> None:
         for split in SPLITS:

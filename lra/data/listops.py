@@ -215,14 +215,14 @@ def read_tsv(path: Path) -> Iterator[tuple[list[int], int]]:
                 raise ValueError(f"{path}:{line}: expected 2 tab-separated columns, got {len(row)}")
             try:
                 ids = tokenize(row[0])
-                label = int(float(row[1]))
+                value = float(row[1])  # LRA's files write labels as "9" (its reader: float, int)
             except KeyError as e:
                 raise ValueError(f"{path}:{line}: unknown ListOps token {e.args[0]!r}") from None
             except ValueError:
                 raise ValueError(f"{path}:{line}: label {row[1]!r} is not a number") from None
-            if not 0 <= label < 10:
-                raise ValueError(f"{path}:{line}: label {label} is outside 0..9")
-            yield ids, label
+            if not (value.is_integer() and 0 <= value < 10):  # 3.7, inf, nan, 12
+                raise ValueError(f"{path}:{line}: label {row[1]!r} is not a whole number in 0..9")
+            yield ids, int(value)
 
 
 @TASKS.register("listops")
@@ -325,8 +325,16 @@ class ListOpsDataModule(LRADataModule):
                 "sha256": checksums}  # fmt: skip
 
     def read_split(self, split: str) -> Iterator[tuple[np.ndarray, int]]:
+        rows, cut, longest = 0, 0, 0
         for ids, label in read_tsv(self.raw_files()[split]):
+            rows, cut, longest = rows + 1, cut + (len(ids) > self.max_len), max(longest, len(ids))
             yield np.asarray(ids[: self.max_len], dtype=np.int16), label
+        if cut:
+            log.warning(
+                "ListOps %s: %d of %d rows are longer than task.max_len=%d (the longest has %d "
+                "tokens) and were cut to their first %d", split, cut, rows, self.max_len, longest,
+                self.max_len,
+            )  # fmt: skip
 
     def cache_params(self) -> dict[str, Any]:
         return {"reader": "listops-v1", "max_len": self.max_len}

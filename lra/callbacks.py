@@ -54,6 +54,43 @@ class StepSeed(pl.Callback):
         )
 
 
+class RunFacts(pl.Callback):
+    """Stamps every checkpoint with the run it belongs to (task, model, parameter counts), so a
+    checkpoint given to another run can be named in the error (`check_checkpoint`)."""
+
+    KEY = "lra_run"
+
+    def __init__(self, facts: dict[str, Any]) -> None:
+        self.facts = facts
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, module: Any, checkpoint: dict) -> None:
+        checkpoint[self.KEY] = self.facts
+
+
+def check_checkpoint(path: str, module: torch.nn.Module, facts: dict[str, Any]) -> None:
+    """Refuse, naming both, a checkpoint whose weights are not this run's network's."""
+    state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    theirs = {k: tuple(v.shape) for k, v in state["state_dict"].items()}
+    ours = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    if theirs == ours:
+        return
+    them = state.get(RunFacts.KEY)
+    what = (
+        f"task={them['task']} model={them['model']}, {them['total']:,} parameters"
+        if them
+        else f"a network of {len(theirs)} tensors (a checkpoint without the harness's stamp)"
+    )
+    missing, unexpected = sorted(ours.keys() - theirs.keys()), sorted(theirs.keys() - ours.keys())
+    reshaped = sorted(k for k in ours.keys() & theirs.keys() if ours[k] != theirs[k])
+    raise ValueError(
+        f"ckpt_path={path} holds another network: {what}, where this run is "
+        f"task={facts['task']} model={facts['model']}, {facts['total']:,} parameters ("
+        f"{len(missing)} tensors missing, e.g. {missing[:1]}; {len(unexpected)} "
+        f"unexpected, e.g. {unexpected[:1]}; {len(reshaped)} of other shapes, e.g. {reshaped[:1]})."
+        " Resume with the task, model and overrides the checkpoint was trained with"
+    )
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer, atomic on a local disk: the checkpoint is written to a
     temporary sibling, flushed to disk, then renamed onto its path, so a failed write (a full disk,

@@ -66,6 +66,20 @@ class ContinuedCSVLogger(CSVLogger):
         return writer
 
 
+def start_wandb(logger: WandbLogger, w: DictConfig) -> Any:
+    """The logger's W&B run, started now; a server out of reach is one clear error."""
+    from wandb.errors import CommError, UsageError
+
+    try:
+        return logger.experiment
+    except (CommError, UsageError, TimeoutError) as e:
+        raise RuntimeError(
+            f"W&B could not start its run (mode={w.mode}, logger.wandb.init_timeout="
+            f"{w.get('init_timeout')} s): {type(e).__name__}: {e}. Set WANDB_MODE=offline to log "
+            "locally and `wandb sync` the run later, or logger=csv"
+        ) from e
+
+
 def build_loggers(
     cfg: DictConfig, run_dir: Path, resume_dir: Path | None = None, resume_step: int = 0
 ) -> list[Logger]:
@@ -77,7 +91,10 @@ def build_loggers(
         run_id = wandb_run_id(run_dir, resume_dir)
         if rank_zero_only.rank == 0:
             write_text(run_dir / WANDB_ID_FILE, run_id + "\n")
+        import wandb
+
         logger = WandbLogger(
+            settings=wandb.Settings(init_timeout=float(w.get("init_timeout", 90))),
             id=run_id,
             resume="allow",
             project=w.project,
@@ -90,7 +107,7 @@ def build_loggers(
             save_dir=str(run_dir),
         )
         if rank_zero_only.rank == 0:  # the dashboard's summary keeps the best val/acc, not the last
-            logger.experiment.define_metric("val/acc", summary="max")
+            start_wandb(logger, w).define_metric("val/acc", summary="max")
         loggers.append(logger)
     if cfg.logger.get("csv"):
         history = resume_dir / "csv" / "metrics.csv" if resume_dir is not None else None

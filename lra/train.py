@@ -22,7 +22,13 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from lra.build import CONF_DIR, build_datamodule, build_module, validate
-from lra.callbacks import AtomicCheckpointIO, StepSeed, TokenThroughput
+from lra.callbacks import (
+    AtomicCheckpointIO,
+    RunFacts,
+    StepSeed,
+    TokenThroughput,
+    check_checkpoint,
+)
 from lra.console import print_config_tree, print_summary
 from lra.io import write_json
 from lra.loggers import build_loggers, close_wandb, log_run_facts
@@ -201,6 +207,9 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
     config = OmegaConf.to_container(cfg, resolve=True)
     config["per_device_batch"] = datamodule.batch_size
     record.update(params=params, resumed_from=ckpt_path, config=config)
+    stamp = {"task": cfg.task.name, "model": cfg.model.name, "total": params["total"]}
+    if ckpt_path is not None:
+        check_checkpoint(ckpt_path, module, stamp)
 
     best = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -221,7 +230,7 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
         cfg, run_dir, resume_dir, checkpoint_step(ckpt_path) if resume_dir else 0
     )
     log_run_facts(loggers, config, params)
-    callbacks: list[pl.Callback] = [best, last, throughput, StepSeed(cfg.seed)]
+    callbacks: list[pl.Callback] = [best, last, throughput, StepSeed(cfg.seed), RunFacts(stamp)]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
     if loggers:

@@ -45,3 +45,15 @@ def test_runs_write_their_checkpoints_through_it(runs: Runs, monkeypatch) -> Non
     monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", spy)
     runs.train("logger=none")
     assert "last.ckpt" in written and any(name.startswith("best-step") for name in written)
+
+
+def test_a_checkpoint_of_another_model_is_named_before_training(runs: Runs) -> None:
+    runs.train("logger=none", run_dir="baseline")
+    ckpt = runs.root / "baseline" / "checkpoints" / "last.ckpt"
+    stamp = torch.load(ckpt, weights_only=False)["lra_run"]
+    assert stamp["task"] == "listops_small" and stamp["model"] == "baseline"
+    with pytest.raises(ValueError, match=r"holds another network: task=listops_small "
+                       r"model=baseline, [\d,]+ parameters, where this run is task=listops_small "
+                       r"model=igloo"):  # fmt: skip
+        runs.train("logger=none", "model=igloo", f"ckpt_path={ckpt}", run_dir="igloo")
+    assert not (runs.root / "igloo" / "checkpoints").exists(), "stopped before training"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,17 @@ def test_a_release_in_the_wrong_folder_is_named(tmp_path: Path) -> None:
                            generated_dir=str(tmp_path / "generated"), generate=False)  # fmt: skip
     with pytest.raises(FileNotFoundError, match=rf"found {stray}/, which is not where the release"):
         dm.prepare_data()
+
+
+def test_an_unreadable_cache_is_built_again(tmp_path: Path, caplog) -> None:
+    dm = datamodule(tmp_path)
+    dm.prepare_data()
+    cache = dm.cache_path("train")
+    (arrow,) = cache.glob("*.arrow")
+    arrow.write_bytes(arrow.read_bytes()[:64])  # truncated
+    fresh = datamodule(tmp_path)
+    fresh.prepare_data()
+    with caplog.at_level(logging.WARNING):
+        fresh.setup()
+    assert len(fresh.splits["train"]) == 64, "rebuilt from the raw files"
+    assert any(f"{cache}: the cache cannot be read" in r.message for r in caplog.records)

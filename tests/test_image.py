@@ -144,3 +144,16 @@ def test_a_file_that_is_not_a_cifar_batch_is_named(tmp_path: Path) -> None:
     bad.write_bytes(b"\x80\x04}\x94.")  # a pickled empty dict
     with pytest.raises(ValueError, match=f"{bad}: not a CIFAR-10 python batch"):
         datamodule(tmp_path).prepare_data()
+
+
+def test_a_truncated_cifar_batch_is_named(tmp_path: Path) -> None:
+    images = grey_images(10, 4)
+    write_cifar_python(
+        tmp_path / "data",
+        {"train": images, "test": images[:2]},
+        {"train": [0] * 10, "test": [0, 0]},
+    )
+    bad = tmp_path / "data" / "cifar-10-batches-py" / "data_batch_2"
+    bad.write_bytes(bad.read_bytes()[:100])  # cut short, as an interrupted copy
+    with pytest.raises(ValueError, match=f"{bad}: not a readable CIFAR-10 python batch"):
+        datamodule(tmp_path).prepare_data()

@@ -197,3 +197,20 @@ def test_no_module_of_the_package_imports_a_command() -> None:
         imports = imported_modules(path) & (COMMANDS - {name})
         assert not imports, f"{path} imports the command(s) {sorted(imports)}"
     assert imported_modules(package / "build.py") >= {"lra.registry"}, "the check reads imports"
+
+
+def test_wandb_out_of_reach_is_one_clear_error_within_its_timeout(runs: Runs, monkeypatch) -> None:
+    import wandb
+    from wandb.errors import CommError
+
+    asked = {}
+
+    def unreachable(**kwargs):
+        asked.update(kwargs)
+        raise CommError("Run initialization has timed out after 30.0 sec.")
+
+    monkeypatch.setattr(wandb, "init", unreachable)
+    expected = r"init_timeout=30 s\): CommError: .* Set WANDB_MODE=offline to log locally"
+    with pytest.raises(RuntimeError, match=r"W&B could not start its run .*" + expected):
+        runs.train("logger=wandb")
+    assert asked["settings"].init_timeout == 30

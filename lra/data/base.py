@@ -155,8 +155,20 @@ class LRADataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         for split in SPLITS:
             if split not in self.splits:
-                ds = datasets.load_from_disk(str(self.cache_path(split)))
-                self.splits[split] = ds.with_format("numpy")
+                self.splits[split] = self._load_cache(split).with_format("numpy")
+
+    def _load_cache(self, split: str) -> datasets.Dataset:
+        """The tokenised split; a cache that cannot be read (truncated, overwritten) is the
+        harness's own, so it is built again from the raw files, with a warning naming it."""
+        path = self.cache_path(split)
+        try:
+            return datasets.load_from_disk(str(path))
+        except (OSError, pa.ArrowInvalid, ValueError) as e:
+            log.warning("%s: the cache cannot be read (%s: %s); building it again from %s", path,
+                        type(e).__name__, e, self.raw_files()[split])  # fmt: skip
+            with atomic_path(path) as tmp:
+                self._tokenise(split).save_to_disk(str(tmp))
+            return datasets.load_from_disk(str(path))
 
     def label_counts(self, split: str) -> np.ndarray:
         labels = np.asarray(self.splits[split]["label"])

@@ -57,9 +57,15 @@ def to_grey(rgb: np.ndarray) -> np.ndarray:
 
 def read_python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One pickled CIFAR-10 batch -> RGB images [N, 32, 32, 3] uint8 and labels [N]."""
-    with open(path, "rb") as f:
-        batch = pickle.load(f, encoding="bytes")
-    data, labels = batch.get(b"data"), batch.get(b"labels")
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:  # a truncated or foreign file
+        raise ValueError(
+            f"{path}: not a readable CIFAR-10 python batch ({type(e).__name__}: {e}); unpack "
+            "cifar-10-python.tar.gz again"
+        ) from None
+    data, labels = (batch.get(b"data"), batch.get(b"labels")) if isinstance(batch, dict) else (None, None)
     if data is None or labels is None or np.asarray(data).shape[1:] != (3 * SIDE * SIDE,):
         raise ValueError(
             f"{path}: not a CIFAR-10 python batch (a dict with b'data' [N, 3072] and b'labels')"

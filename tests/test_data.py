@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lra.build import build_datamodule, compose
@@ -31,8 +32,8 @@ def test_prepare_tokenises_once_and_batches_are_padded_with_zeros(tmp_path: Path
     dm.prepare_data()
     dm.setup()
     assert {k: len(v) for k, v in dm.splits.items()} == {"train": 64, "val": 16, "test": 16}
-    caches = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert len(caches) == 3
+    caches = sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith("."))
+    assert len(caches) == 3  # and the lock file runs take turns with
     batch = next(iter(dm.val_dataloader()))
     assert batch["input_ids"].shape == (8, 60) and batch["label"].shape == (8,)
     ids = batch["input_ids"]
@@ -165,4 +166,36 @@ def test_an_unreadable_cache_is_built_again(tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.WARNING):
         fresh.setup()
     assert len(fresh.splits["train"]) == 64, "rebuilt from the raw files"
-    assert any(f"{cache}: the cache cannot be read" in r.message for r in caplog.records)
+    assert any(f"{cache}: the cache cannot be used" in r.message for r in caplog.records)
+
+
+def test_bytes_changed_inside_a_cache_are_found_and_the_cache_rebuilt(
+    tmp_path: Path, caplog
+) -> None:
+    dm = datamodule(tmp_path)
+    dm.prepare_data()
+    dm.setup()
+    expected = [np.array(row) for row in dm.splits["val"]["input_ids"]]  # copies, not the mmap
+    cache = dm.cache_path("val")
+    (arrow,) = cache.glob("*.arrow")
+    data = bytearray(arrow.read_bytes())
+    data[-200:-100] = bytes(100)  # same size, other bytes: a silent corruption
+    arrow.write_bytes(bytes(data))
+    fresh = datamodule(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        fresh.setup()
+    assert any("do not match their checksums" in r.message for r in caplog.records)
+    rebuilt = fresh.splits["val"]["input_ids"]
+    assert len(rebuilt) == len(expected) and all(map(np.array_equal, rebuilt, expected))
+
+
+def test_two_runs_preparing_at_once_get_the_same_data(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    dms = [datamodule(tmp_path) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda dm: dm.prepare_data(), dms))
+    for dm in dms:
+        dm.setup()
+    assert dms[0].cache_path("train") == dms[1].cache_path("train")
+    assert len(dms[0].splits["train"]) == len(dms[1].splits["train"]) == 64

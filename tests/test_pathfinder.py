@@ -89,6 +89,16 @@ def test_empty_png_is_skipped_and_counted(tmp_path: Path, caplog: pytest.LogCapt
     assert str(empty) in caplog.text
 
 
+def test_a_restored_image_is_new_data_for_the_cache(tmp_path: Path) -> None:
+    write_pathfinder(tmp_path / "lra" / HARD, random_images(20, 32), [0, 1] * 10, per_file=10)
+    image = tmp_path / "lra" / HARD / "imgs" / "0" / "sample_3.png"
+    saved = image.read_bytes()
+    image.write_bytes(b"")  # unreadable: skipped
+    assert len(ready(datamodule(tmp_path)).splits["train"]) == 15
+    image.write_bytes(saved)  # restored: the cache of the 15 rows is not the data any more
+    assert len(ready(datamodule(tmp_path)).splits["train"]) == 16
+
+
 def test_missing_metadata_folder_names_the_path_and_the_ways_to_get_it(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as err:
         datamodule(tmp_path).prepare_data()

@@ -159,3 +159,13 @@ def test_labels_are_binary(tmp_path: Path) -> None:
     write_aclimdb(tmp_path / "data", REVIEWS)
     dm = ready(datamodule(tmp_path))
     assert np.array_equal(dm.label_counts("train"), [3, 3]) and dm.num_classes == 2
+
+
+def test_a_review_edited_in_place_is_read_again(tmp_path: Path) -> None:
+    write_aclimdb(tmp_path / "data", REVIEWS)
+    assert rows(ready(datamodule(tmp_path)), "train")[0] == (tokens("Great!"), 1)
+    (first,) = [
+        p for p in (tmp_path / "data").rglob("train/pos/*.txt") if p.read_text() == "Great!"
+    ]
+    first.write_text("Awesome")  # the folder's own timestamp need not change
+    assert rows(ready(datamodule(tmp_path)), "train")[0] == (tokens("Awesome"), 1)

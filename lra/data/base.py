@@ -26,14 +26,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytorch_lightning as pl
 import torch
+from filelock import FileLock
 from torch.utils.data import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from lra.io import atomic_path
+from lra.io import atomic_path, sha256
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+CHECKSUMS = "CHECKSUMS.json"  # in each cache folder: the SHA-256 of its files
 CHUNK_ROWS = 10_000
 BYTE_VOCAB = 257  # UTF-8 bytes + 1; 0 is padding
 PIXEL_VOCAB = 257  # 8-bit intensities + pixel_offset (1); 0 is padding
@@ -94,29 +96,61 @@ class LRADataModule(pl.LightningDataModule):
         data says which: the release or its own set, with checksums)."""
         return {"kind": "files"}
 
+    def input_files(self, split: str) -> list[Path]:
+        """Every file a split's rows are read from: `raw_files`, folders expanded to the files
+        below them (IMDB's reviews). A task that reads more than its raw files says so here
+        (Pathfinder: every image its metadata names)."""
+        files = self.raw_files()[split]
+        out: list[Path] = []
+        for p in files if isinstance(files, list) else [files]:
+            out += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        return out
+
     # --- shared ----------------------------------------------------------------------------
     def cache_path(self, split: str) -> Path:
-        files = self.raw_files()[split]
+        """The cache of a split, keyed by the reader's settings and the identity (path, size,
+        mtime) of every file the split is read from: a changed, added or restored file is a new key."""
         stamp = {
             "task": type(self).__name__,
             "params": self.cache_params(),
             "file": [
                 (str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns)
-                for p in (files if isinstance(files, list) else [files])
+                for p in self.input_files(split)
             ],
         }
         key = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
         return self.cache_dir / f"{self.task_name}-{split}-{key}"
 
     def prepare_data(self) -> None:
-        self.fetch_raw()
-        for split in SPLITS:
-            path = self.cache_path(split)
-            if path.exists():
-                continue
-            log.info("tokenising %s %s into %s", self.task_name, split, path)
-            with atomic_path(path) as tmp:
-                self._tokenise(split).save_to_disk(str(tmp))
+        # One process at a time per task and cache folder: two runs started together find (or
+        # make) the same files and the same caches, rather than one changing the other's.
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.cache_dir / f".{self.task_name}.lock")):
+            self.fetch_raw()
+            for split in SPLITS:
+                path = self.cache_path(split)
+                if path.exists():
+                    continue
+                log.info("tokenising %s %s into %s", self.task_name, split, path)
+                self._write_cache(split, path)
+
+    def _write_cache(self, split: str, path: Path) -> None:
+        """Tokenise a split into `path`, with the SHA-256 of each of its files (CHECKSUMS.json)."""
+        with atomic_path(path) as tmp:
+            self._tokenise(split).save_to_disk(str(tmp))
+            sums = {f.name: sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+            (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1, sort_keys=True))
+
+    def _verified(self, path: Path) -> bool:
+        """The cache's files are the ones it was written with (a cache without checksums, from
+        an older version, is taken as it is)."""
+        try:
+            sums = json.loads((path / CHECKSUMS).read_text())
+        except FileNotFoundError:
+            return True
+        except ValueError:
+            return False
+        return all((path / name).is_file() and sha256(path / name) == h for name, h in sums.items())
 
     def _tokenise(self, split: str) -> datasets.Dataset:
         schema = features(self.inputs)
@@ -161,14 +195,16 @@ class LRADataModule(pl.LightningDataModule):
         """The tokenised split; a cache that cannot be read (truncated, overwritten) is the
         harness's own, so it is built again from the raw files, with a warning naming it."""
         path = self.cache_path(split)
-        try:
-            return datasets.load_from_disk(str(path))
-        except (OSError, pa.ArrowInvalid, ValueError) as e:
-            log.warning("%s: the cache cannot be read (%s: %s); building it again from %s", path,
-                        type(e).__name__, e, self.raw_files()[split])  # fmt: skip
-            with atomic_path(path) as tmp:
-                self._tokenise(split).save_to_disk(str(tmp))
-            return datasets.load_from_disk(str(path))
+        problem = None if self._verified(path) else "its files do not match their checksums"
+        if problem is None:
+            try:
+                return datasets.load_from_disk(str(path))
+            except (OSError, pa.ArrowInvalid, ValueError) as e:
+                problem = f"{type(e).__name__}: {e}"
+        log.warning("%s: the cache cannot be used (%s); building it again from the raw files",
+                    path, problem)  # fmt: skip
+        self._write_cache(split, path)
+        return datasets.load_from_disk(str(path))
 
     def label_counts(self, split: str) -> np.ndarray:
         labels = np.asarray(self.splits[split]["label"])

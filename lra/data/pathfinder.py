@@ -156,6 +156,11 @@ class PathfinderDataModule(LRADataModule):
         files = metadata_files(self.folder)  # every split depends on every metadata file
         return {split: files for split in ("train", "val", "test")}
 
+    def input_files(self, split: str) -> list[Path]:
+        """The metadata files and every image they name: a restored or replaced PNG is new data."""
+        images = sorted({path for path, _ in read_metadata(self.folder)})
+        return [*self.raw_files()[split], *(p for p in images if p.exists())]
+
     def fetch_raw(self) -> None:
         manifest = self.folder / "MANIFEST.json"
         unfinished = manifest.exists() and not json.loads(manifest.read_text()).get("complete")

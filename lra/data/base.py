@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -75,6 +76,7 @@ class LRADataModule(pl.LightningDataModule):
         self.pad_to = pad_to
         self.shuffle_seed = shuffle_seed
         self.splits: dict[str, datasets.Dataset] = {}
+        self._cache_keys: dict[str, str] = {}  # split -> key, once its files are known
 
     # --- what a task provides -------------------------------------------------------------
     def raw_files(self) -> dict[str, Path | list[Path]]:
@@ -110,16 +112,15 @@ class LRADataModule(pl.LightningDataModule):
     def cache_path(self, split: str) -> Path:
         """The cache of a split, keyed by the reader's settings and the identity (path, size,
         mtime) of every file the split is read from: a changed, added or restored file is a new key."""
-        stamp = {
-            "task": type(self).__name__,
-            "params": self.cache_params(),
-            "file": [
-                (str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns)
-                for p in self.input_files(split)
-            ],
-        }
-        key = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
-        return self.cache_dir / f"{self.task_name}-{split}-{key}"
+        if split not in self._cache_keys:
+            files = []
+            for p in self.input_files(split):
+                st = os.stat(p)
+                files.append((os.path.abspath(p), st.st_size, st.st_mtime_ns))
+            stamp = {"task": type(self).__name__, "params": self.cache_params(), "file": files}
+            digest = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()
+            self._cache_keys[split] = digest[:16]
+        return self.cache_dir / f"{self.task_name}-{split}-{self._cache_keys[split]}"
 
     def prepare_data(self) -> None:
         # One process at a time per task and cache folder: two runs started together find (or
@@ -127,6 +128,7 @@ class LRADataModule(pl.LightningDataModule):
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.cache_dir / f".{self.task_name}.lock")):
             self.fetch_raw()
+            self._cache_keys.clear()  # the files as they are now, after any generation
             for split in SPLITS:
                 path = self.cache_path(split)
                 if path.exists():

@@ -133,7 +133,14 @@ def test_offline_fallback_names_the_release_folder(
     assert "cifar-10-python.tar.gz" in message
 
 
-def test_a_file_that_is_not_a_cifar_batch_is_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (lambda b: b"\x80\x04}\x94.", "not a CIFAR-10 python batch"),  # a pickled empty dict
+        (lambda b: b[:100], "not a readable CIFAR-10 python batch"),  # cut short, as a bad copy
+    ],
+)
+def test_a_file_that_is_not_a_cifar_batch_is_named(tmp_path: Path, spoil, message: str) -> None:
     images = grey_images(10, 4)
     write_cifar_python(
         tmp_path / "data",
@@ -141,19 +148,6 @@ def test_a_file_that_is_not_a_cifar_batch_is_named(tmp_path: Path) -> None:
         {"train": [0] * 10, "test": [0, 0]},
     )
     bad = tmp_path / "data" / "cifar-10-batches-py" / "data_batch_3"
-    bad.write_bytes(b"\x80\x04}\x94.")  # a pickled empty dict
-    with pytest.raises(ValueError, match=f"{bad}: not a CIFAR-10 python batch"):
-        datamodule(tmp_path).prepare_data()
-
-
-def test_a_truncated_cifar_batch_is_named(tmp_path: Path) -> None:
-    images = grey_images(10, 4)
-    write_cifar_python(
-        tmp_path / "data",
-        {"train": images, "test": images[:2]},
-        {"train": [0] * 10, "test": [0, 0]},
-    )
-    bad = tmp_path / "data" / "cifar-10-batches-py" / "data_batch_2"
-    bad.write_bytes(bad.read_bytes()[:100])  # cut short, as an interrupted copy
-    with pytest.raises(ValueError, match=f"{bad}: not a readable CIFAR-10 python batch"):
+    bad.write_bytes(spoil(bad.read_bytes()))
+    with pytest.raises(ValueError, match=f"{bad}: {message}"):
         datamodule(tmp_path).prepare_data()

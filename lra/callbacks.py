@@ -9,6 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from lra.io import atomic_path
 from lra.models.encoder import PAD_ID
@@ -52,6 +53,28 @@ class StepSeed(pl.Callback):
         torch.manual_seed(
             (self.seed * 1_000_003 + trainer.global_rank) * 1_000_003 + trainer.global_step
         )
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """`last.ckpt` every n training steps and after every validation. A step that a validation
+    follows is saved after that validation, never before it: a run killed inside the validation
+    then resumes from the step before and runs it again, where a save before it would resume past
+    it and never validate there (Lightning's `save_last` saves both before and after)."""
+
+    def __init__(self, dirpath: str | os.PathLike, every_n_train_steps: int) -> None:
+        super().__init__(
+            dirpath=dirpath, save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps
+        )
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: Any, *args: Any, **kw: Any) -> None:
+        loop = trainer.fit_loop
+        if loop.epoch_loop._should_check_val_fx(loop._data_fetcher):
+            return  # a validation runs next: saved in on_validation_end, once it has run
+        super().on_train_batch_end(trainer, module, *args, **kw)
+
+    def on_validation_end(self, trainer: pl.Trainer, module: Any) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class RunFacts(pl.Callback):

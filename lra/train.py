@@ -24,6 +24,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from lra.build import CONF_DIR, build_datamodule, build_module, validate
 from lra.callbacks import (
     AtomicCheckpointIO,
+    LastCheckpoint,
     RunFacts,
     StepSeed,
     TokenThroughput,
@@ -218,13 +219,9 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
         mode="max",
         auto_insert_metric_name=False,
     )
-    # last.ckpt on its own clock: Lightning refreshes `save_last` only when a best is saved.
-    last = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        save_top_k=0,
-        save_last=True,
-        every_n_train_steps=cfg.checkpoint_every_n_steps,
-    )
+    # last.ckpt on its own clock (Lightning refreshes `save_last` only when a best is saved),
+    # after `best` in the callback list, so it holds best's state after each validation.
+    last = LastCheckpoint(run_dir / "checkpoints", every_n_train_steps=cfg.checkpoint_every_n_steps)
     throughput = TokenThroughput()
     loggers = build_loggers(
         cfg, run_dir, resume_dir, checkpoint_step(ckpt_path) if resume_dir else 0

@@ -89,6 +89,14 @@ def test_empty_png_is_skipped_and_counted(tmp_path: Path, caplog: pytest.LogCapt
     assert str(empty) in caplog.text
 
 
+def test_a_split_of_only_empty_images_is_an_error_naming_it(tmp_path: Path) -> None:
+    write_pathfinder(tmp_path / "lra" / HARD, random_images(20, 32), [0, 1] * 10, per_file=10)
+    for png in (tmp_path / "lra" / HARD / "imgs").rglob("*.png"):
+        png.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"pathfinder train: no rows in .*metadata.*: the split"):
+        datamodule(tmp_path).prepare_data()
+
+
 def test_a_restored_image_is_new_data_for_the_cache(tmp_path: Path) -> None:
     write_pathfinder(tmp_path / "lra" / HARD, random_images(20, 32), [0, 1] * 10, per_file=10)
     image = tmp_path / "lra" / HARD / "imgs" / "0" / "sample_3.png"

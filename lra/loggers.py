@@ -37,6 +37,14 @@ def wandb_run_id(run_dir: Path, resume_dir: Path | None) -> str:
     return generate_id()
 
 
+def step_of(row: dict[str, Any]) -> int | None:
+    """A metrics.csv row's step; None for a row cut short (a kill while the file was written)."""
+    try:
+        return int(row["step"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 class ContinuedCSVLogger(CSVLogger):
     """Lightning's CSVLogger, but a resumed run keeps its history: Lightning's writer deletes an
     existing metrics.csv, so the rows logged before the checkpoint's step are read first (from the
@@ -49,7 +57,8 @@ class ContinuedCSVLogger(CSVLogger):
         if history is not None and history.is_file():
             with open(history, newline="") as f:
                 reader = csv.DictReader(f)
-                rows = [r for r in reader if int(r["step"]) < before_step]
+                steps = [(step_of(r), r) for r in reader]
+                rows = [r for s, r in steps if s is not None and s < before_step]
                 self._kept = (list(reader.fieldnames or []), rows)
 
     @property

@@ -42,9 +42,11 @@ class LRAClassifier(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, preds = self._step(batch)
-        if not torch.isfinite(loss):  # a diverged run reports no accuracy, it stops
+        # every rank stops together, whichever diverged (one rank alone would hang the others)
+        if self.trainer.strategy.reduce_boolean_decision(bool(~torch.isfinite(loss)), all=False):
             raise NonFiniteLossError(
-                f"non-finite training loss ({loss.item()}) at step {self.global_step + 1}: lower "
+                f"non-finite training loss (here {loss.item()}; any rank stops all) at step "
+                f"{self.global_step + 1}: lower "
                 f"task.optim.lr (now {self.optim['lr']:g}), set task.optim.grad_clip, or check the "
                 "data"
             )

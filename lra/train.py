@@ -123,8 +123,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         failed = False
         return results
     except BaseException as e:
-        status, reason = outcome(e)
-        record_failure(record, status, reason)
+        if isinstance(e, SystemExit) and not e.code and not isinstance(e, SIGTERMException):
+            raise  # a clean exit is no failure
+        try:
+            record_failure(record, *outcome(e))
+        except Exception:  # a full disk, say: the run's own error is the one to show
+            log.exception("could not write results.json for the failed run")
         if isinstance(e, SIGTERMException):
             raise SystemExit(128 + signal.SIGTERM) from e
         raise
@@ -136,15 +140,17 @@ def outcome(e: BaseException) -> tuple[str, str]:
     """(status, reason) of a run that ended in `e`."""
     if isinstance(e, SIGTERMException):
         return "interrupted", "SIGTERM"
-    if isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and e.code):
+    if isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
         return "interrupted", "interrupted (Ctrl-C)"  # Lightning exits 1 after a KeyboardInterrupt
+    if isinstance(e, SystemExit):
+        return "failed", f"SystemExit: exit code {e.code!r}"
     return "failed", f"{type(e).__name__}: {e}"
 
 
 def record_failure(record: dict[str, Any], status: str, reason: str) -> None:
     """results.json of a run that did not finish: who it was, how far it got, why it stopped."""
-    if "run_dir" not in record or rank_zero_only.rank != 0:
-        return
+    if "run_dir" not in record or record.get("done") or rank_zero_only.rank != 0:
+        return  # nothing known yet, a finished run's results (never overwritten), or not rank 0
     trainer = record.pop("trainer", None)
     results = {
         **record,
@@ -191,6 +197,7 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
     if resume_dir:
         done = finished_results(resume_dir)
         if done is not None:  # nothing to resume: say so, and touch nothing
+            record["done"] = True
             if rank_zero_only.rank == 0:
                 print(
                     f"{cfg.run_name}: already finished in {resume_dir}; nothing resumed", flush=True
@@ -280,6 +287,7 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         write_json(run_dir / "results.json", results)
+        record["done"] = True  # from here on, nothing may turn the file into a failure
         print_summary(results)
     return results
 

@@ -162,9 +162,9 @@ def test_an_unreadable_cache_is_built_again(tmp_path: Path, caplog) -> None:
     (arrow,) = cache.glob("*.arrow")
     arrow.write_bytes(arrow.read_bytes()[:64])  # truncated
     fresh = datamodule(tmp_path)
-    fresh.prepare_data()
     with caplog.at_level(logging.WARNING):
-        fresh.setup()
+        fresh.prepare_data()  # one process checks and rebuilds, under the lock
+    fresh.setup()
     assert len(fresh.splits["train"]) == 64, "rebuilt from the raw files"
     assert any(f"{cache}: the cache cannot be used" in r.message for r in caplog.records)
 
@@ -183,7 +183,8 @@ def test_bytes_changed_inside_a_cache_are_found_and_the_cache_rebuilt(
     arrow.write_bytes(bytes(data))
     fresh = datamodule(tmp_path)
     with caplog.at_level(logging.WARNING):
-        fresh.setup()
+        fresh.prepare_data()
+    fresh.setup()
     assert any("do not match their checksums" in r.message for r in caplog.records)
     rebuilt = fresh.splits["val"]["input_ids"]
     assert len(rebuilt) == len(expected) and all(map(np.array_equal, rebuilt, expected))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 import statistics
@@ -245,3 +246,29 @@ def test_cut_rows_and_a_single_class_are_warned_once(tmp_path: Path, caplog) -> 
         in cut[0] and len(cut) == 3  # fmt: skip
     single = [r.message for r in caplog.records if "single class" in r.message]
     assert len(single) == 1 and "listops test: every one of the 3 rows has label 8" in single[0]
+
+
+def test_a_first_generation_cut_short_is_ours_and_made_again(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "listops"
+
+    def killed_after_the_first_file(src, dst) -> None:
+        if Path(dst).name == "basic_val.tsv":  # basic_train.tsv has been moved in
+            raise KeyboardInterrupt("killed mid-move")
+        os.rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_after_the_first_file)
+    with pytest.raises(KeyboardInterrupt):
+        write_listops(out, SMALL, seed=1)
+    monkeypatch.undo()
+    assert not is_complete(out) and (out / "basic_train.tsv").exists()
+    write_listops(out, SMALL, seed=1)  # ours (the first manifest says so): no --force needed
+    assert is_complete(out)
+
+
+def test_a_generated_set_in_the_release_folder_is_recorded_as_generated(tmp_path: Path) -> None:
+    write_listops(tmp_path / "lra_release" / "listops-1000", SMALL, seed=1)  # an older harness's
+    dm = ListOpsDataModule(task_name="listops", cache_dir=str(tmp_path / "cache"), max_len=120,
+                           batch_size=8, dir=str(tmp_path / "lra_release" / "listops-1000"),
+                           generated_dir=str(tmp_path / "generated"))  # fmt: skip
+    dm.prepare_data()
+    assert dm.source()["kind"] == "generated" and dm.source()["seed"] == 1

@@ -166,3 +166,15 @@ def test_slurm_launcher_composes_with_one_task_per_gpu() -> None:
 
     env = slurm_environment("SIGUSR2")
     assert env.auto_requeue and env.requeue_signal == signal.SIGUSR2
+
+
+def test_a_row_cut_short_by_a_kill_is_dropped_from_the_history(tmp_path: Path) -> None:
+    from lra.loggers import ContinuedCSVLogger
+
+    history = tmp_path / "old.csv"
+    history.write_text("epoch,step,train/loss\n0,0,2.5\n0,1,2.4\n0")  # the last row cut short
+    logger = ContinuedCSVLogger(save_dir=str(tmp_path), name="csv", version="", history=history,
+                                before_step=5)  # fmt: skip
+    logger.experiment  # noqa: B018  (creates the writer, which writes the kept rows)
+    kept = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    assert kept == ["epoch,step,train/loss", "0,0,2.5", "0,1,2.4"]

@@ -131,10 +131,13 @@ class LRADataModule(pl.LightningDataModule):
             self._cache_keys.clear()  # the files as they are now, after any generation
             for split in SPLITS:
                 path = self.cache_path(split)
-                if path.exists():
-                    continue
-                log.info("tokenising %s %s into %s", self.task_name, split, path)
-                self._write_cache(split, path)
+                if not path.exists():
+                    log.info("tokenising %s %s into %s", self.task_name, split, path)
+                    self._write_cache(split, path)
+                elif (problem := self._unusable(path)) is not None:
+                    log.warning("%s: the cache cannot be used (%s); building it again from the "
+                                "raw files", path, problem)  # fmt: skip
+                    self._write_cache(split, path)
 
     def _write_cache(self, split: str, path: Path) -> None:
         """Tokenise a split into `path`, with the SHA-256 of each of its files (CHECKSUMS.json)."""
@@ -143,16 +146,23 @@ class LRADataModule(pl.LightningDataModule):
             sums = {f.name: sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}
             (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1, sort_keys=True))
 
-    def _verified(self, path: Path) -> bool:
-        """The cache's files are the ones it was written with (a cache without checksums, from
-        an older version, is taken as it is)."""
+    def _unusable(self, path: Path) -> str | None:
+        """Why the cache at `path` cannot be used, or None: its files must be the ones it was
+        written with (a cache without checksums, from an older version, is taken as it is) and
+        load. Checked in `prepare_data`, under the lock, by one process."""
         try:
             sums = json.loads((path / CHECKSUMS).read_text())
         except FileNotFoundError:
-            return True
+            sums = {}
         except ValueError:
-            return False
-        return all((path / name).is_file() and sha256(path / name) == h for name, h in sums.items())
+            return f"{CHECKSUMS} is unreadable"
+        if not all((path / n).is_file() and sha256(path / n) == h for n, h in sums.items()):
+            return "its files do not match their checksums"
+        try:
+            datasets.load_from_disk(str(path))
+        except (OSError, pa.ArrowInvalid, ValueError) as e:
+            return f"{type(e).__name__}: {e}"
+        return None
 
     def _tokenise(self, split: str) -> datasets.Dataset:
         schema = features(self.inputs)
@@ -194,19 +204,15 @@ class LRADataModule(pl.LightningDataModule):
                 self.splits[split] = self._load_cache(split).with_format("numpy")
 
     def _load_cache(self, split: str) -> datasets.Dataset:
-        """The tokenised split; a cache that cannot be read (truncated, overwritten) is the
-        harness's own, so it is built again from the raw files, with a warning naming it."""
+        """The tokenised split, as `prepare_data` checked (and if need be rebuilt) it."""
         path = self.cache_path(split)
-        problem = None if self._verified(path) else "its files do not match their checksums"
-        if problem is None:
-            try:
-                return datasets.load_from_disk(str(path))
-            except (OSError, pa.ArrowInvalid, ValueError) as e:
-                problem = f"{type(e).__name__}: {e}"
-        log.warning("%s: the cache cannot be used (%s); building it again from the raw files",
-                    path, problem)  # fmt: skip
-        self._write_cache(split, path)
-        return datasets.load_from_disk(str(path))
+        try:
+            return datasets.load_from_disk(str(path))
+        except (OSError, pa.ArrowInvalid, ValueError) as e:
+            raise RuntimeError(
+                f"{path}: the cache cannot be read ({type(e).__name__}: {e}); run the task again "
+                "(prepare_data rebuilds it) or delete the folder"
+            ) from e
 
     def label_counts(self, split: str) -> np.ndarray:
         labels = np.asarray(self.splits[split]["label"])

@@ -165,7 +165,8 @@ def write_listops(
     The files are written in a temporary sibling, then moved in one by one, the manifest last. A
     folder that holds files but no manifest of this generator is not ours: refused unless `force`
     (and even then only these four names are written). A move cut short leaves a manifest whose
-    sizes do not match, so `is_complete` is false and the set is made again."""
+    sizes do not match (or none, on a first write), so `is_complete` is false and the set is made
+    again."""
     out_dir = Path(out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()) and own_manifest(out_dir) is None and not force:
         present = sorted(p.name for p in out_dir.iterdir())
@@ -191,6 +192,8 @@ def write_listops(
             }  # fmt: skip
         manifest["seconds"] = round(time.time() - t0, 1)
         write_json(tmp / "MANIFEST.json", manifest)
+        # first a manifest without sizes: the folder is ours, and incomplete, until the last move
+        write_json(out_dir / "MANIFEST.json", {"generator": GENERATOR, "complete": False})
         for name in (*FILES, "MANIFEST.json"):
             os.replace(tmp / name, out_dir / name)
     finally:
@@ -279,6 +282,12 @@ class ListOpsDataModule(LRADataModule):
         if self.release is not None:
             missing = [n for n in FILES if not (self.release / n).exists()]
             if len(missing) < len(FILES):  # the release is there, whole or not
+                if not missing and own_manifest(self.release) is not None:
+                    log.warning(
+                        "ListOps: %s holds a set this harness generated (its MANIFEST.json), not "
+                        "LRA's release: it is used and recorded as generated; move it to %s",
+                        self.release, self.generated,
+                    )  # fmt: skip
                 if missing:
                     raise FileNotFoundError(
                         f"{self.release / missing[0]} not found, but {self.release} holds other "
@@ -317,11 +326,13 @@ class ListOpsDataModule(LRADataModule):
         return write_listops(self.generated, self.spec, self.gen_seed, force=force)
 
     def source(self) -> dict[str, Any]:
-        if self.dir == self.release:
+        folder = self.dir
+        manifest = own_manifest(folder)
+        if folder == self.release and manifest is None:
             return {"kind": "release", "dir": str(self.release)}
-        manifest = own_manifest(self.generated) or {}
+        manifest = manifest or {}
         checksums = {name: manifest.get(name, {}).get("sha256") for name in FILES}
-        return {"kind": "generated", "dir": str(self.generated), "seed": manifest.get("seed"),
+        return {"kind": "generated", "dir": str(folder), "seed": manifest.get("seed"),
                 "sha256": checksums}  # fmt: skip
 
     def read_split(self, split: str) -> Iterator[tuple[np.ndarray, int]]:

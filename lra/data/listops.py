@@ -312,9 +312,10 @@ class ListOpsDataModule(LRADataModule):
                 f"{self.task_name}', set task.data.generate=true, or point paths.lra_dir at your "
                 "LRA release"
             )
+        why = "no release found" if self.release is not None else "no complete generated set"
         log.warning(
-            "ListOps: no release found (%s); generating %d trees into %s, the harness's own data, "
-            "not LRA's files (results.json records the source)", self.looked_in(),
+            "ListOps: %s (%s); generating %d trees into %s, the harness's own data, not LRA's "
+            "files (results.json records the source)", why, self.looked_in(),
             self.spec.num_train + self.spec.num_val + self.spec.num_test, self.generated,
         )  # fmt: skip
         manifest = self.generate_files()

@@ -90,9 +90,11 @@ class RunFacts(pl.Callback):
         checkpoint[self.KEY] = self.facts
 
 
-def check_checkpoint(path: str, module: torch.nn.Module, facts: dict[str, Any]) -> None:
-    """Refuse, naming both, a checkpoint whose weights are not this run's network's."""
-    state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+def check_checkpoint(
+    state: dict[str, Any], path: str, module: torch.nn.Module, facts: dict[str, Any]
+) -> None:
+    """Refuse, naming both, a checkpoint (`state`, loaded from `path`) whose weights are not this
+    run's network's."""
     theirs = {k: tuple(v.shape) for k, v in state["state_dict"].items()}
     ours = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     if theirs == ours:

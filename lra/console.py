@@ -32,6 +32,13 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     def pct(x: float | None) -> str:
         return "n/a" if x is None else f"{100 * x:.2f}%"
 
+    results_line = f"results: {results['run_dir']}/results.json"
+    if results.get("status", "finished") != "finished":
+        return [
+            f"{results['run_name']}: {results['status']} after {results['steps']} steps: "
+            f"{results['reason']}",
+            results_line,
+        ]
     return [
         f"{results['run_name']}: test accuracy {pct(results['test_acc'])}, "
         f"majority-class rate of the test split {pct(results['test_majority_rate'])}, "
@@ -39,7 +46,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         f"{results['steps']} steps in {results['fit_seconds']:.0f} s "
         f"({results['train_tokens_per_s']:.0f} train tokens/s), "
         f"{results['params']['total']:,} parameters ({results['params']['mixer']:,} in mixers)",
-        f"results: {results['run_dir']}/results.json",
+        results_line,
     ]
 
 

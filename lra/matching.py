@@ -32,7 +32,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lra.build import count, resolve_encoder, with_model
+from lra.build import ABSENT, count, resolve_encoder, with_model
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ BASELINE = "baseline"
 WIDEST = 1 << 24  # a knob's default max: no width the solver tries is larger
 DEFAULT_KNOBS = [{"path": "task.encoder.mlp_dim"}]
 FACTS = ("match", "budget", "knobs", "total", "mixer", "deviation")  # what a run records
-UNSET = object()
 
 
 class ParameterBudgetError(ValueError):
@@ -91,20 +90,20 @@ def closest_value(
 def knobs_of(cfg: DictConfig) -> list[dict[str, Any]]:
     """The model's `match.knobs` that are on, each {path, min, max}, checked: every path names an
     integer in `cfg` (or null: that knob is off in this configuration and left out)."""
-    declared = OmegaConf.select(cfg, "model.match.knobs", default=UNSET)
+    declared = OmegaConf.select(cfg, "model.match.knobs", default=ABSENT)
     knobs = (
         copy.deepcopy(DEFAULT_KNOBS)
-        if declared is UNSET or declared is None
+        if declared is ABSENT or declared is None
         else OmegaConf.to_container(declared, resolve=True)
     )
     on = []
     for knob in knobs:
-        value = OmegaConf.select(cfg, knob["path"], default=UNSET)
+        value = OmegaConf.select(cfg, knob["path"], default=ABSENT)
         if value is None:
             log.info("match.knobs: %s is null in this configuration, so not turned", knob["path"])
             continue
         if not isinstance(value, int) or isinstance(value, bool):
-            found = "no such key" if value is UNSET else f"found {value!r}"
+            found = "no such key" if value is ABSENT else f"found {value!r}"
             raise ParameterBudgetError(
                 f"model '{cfg.model.name}': match.knobs path '{knob['path']}' is not an integer "
                 f"in the config ({found}); give it an integer width (or null, to leave it out of "

@@ -39,6 +39,9 @@ from lra.models.classifier import count_parameters
 log = logging.getLogger(__name__)
 
 LAST = Path("checkpoints") / "last.ckpt"
+# what a finished run measures; null in the results.json of a run that did not finish
+MEASURED = ("val_acc_best", "val_loss", "test_acc", "test_loss", "test_checkpoint",
+            "test_majority_rate", "fit_seconds", "train_tokens_per_s")  # fmt: skip
 # optimized_metric (what a Hydra sweeper optimises) -> the results.json field that holds it
 OPTIMIZABLE = {
     "val/acc_best": "val_acc_best",
@@ -98,13 +101,6 @@ def finished_results(run_dir: Path) -> dict[str, Any] | None:
     return results if results.get("status", "finished") == "finished" else None
 
 
-def checkpoint_step(path: str | None) -> int:
-    """The global step a checkpoint was saved at (memory-mapped: the weights are not read)."""
-    if path is None:
-        return 0
-    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])
-
-
 def _float(x: Any) -> float | None:
     return None if x is None else float(x)
 
@@ -156,28 +152,13 @@ def record_failure(record: dict[str, Any], status: str, reason: str) -> None:
         **record,
         "status": status,
         "reason": reason,
-        **dict.fromkeys(
-            (
-                "val_acc_best",
-                "val_loss",
-                "test_acc",
-                "test_loss",
-                "test_checkpoint",
-                "test_majority_rate",
-                "fit_seconds",
-                "train_tokens_per_s",
-            ),
-            None,
-        ),  # fmt: skip
+        **dict.fromkeys(MEASURED, None),
         "steps": trainer.global_step if trainer is not None else 0,
         "wall_seconds": time.time() - record["started"],
     }
     del results["started"]
     write_json(Path(record["run_dir"]) / "results.json", results)
-    print(
-        f"{record.get('run_name')}: {status} after {results['steps']} steps: {reason}", flush=True
-    )
-    print(f"results: {record['run_dir']}/results.json", flush=True)
+    print_summary(results)
 
 
 def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
@@ -216,8 +197,10 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
     config["per_device_batch"] = datamodule.batch_size
     record.update(params=params, resumed_from=ckpt_path, config=config)
     stamp = {"task": cfg.task.name, "model": cfg.model.name, "total": params["total"]}
+    checkpoint = None  # memory-mapped: the weights are not read here
     if ckpt_path is not None:
-        check_checkpoint(ckpt_path, module, stamp)
+        checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+        check_checkpoint(checkpoint, ckpt_path, module, stamp)
 
     best = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -230,9 +213,8 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
     # after `best` in the callback list, so it holds best's state after each validation.
     last = LastCheckpoint(run_dir / "checkpoints", every_n_train_steps=cfg.checkpoint_every_n_steps)
     throughput = TokenThroughput()
-    loggers = build_loggers(
-        cfg, run_dir, resume_dir, checkpoint_step(ckpt_path) if resume_dir else 0
-    )
+    resume_step = int(checkpoint["global_step"]) if resume_dir and checkpoint else 0
+    loggers = build_loggers(cfg, run_dir, resume_dir, resume_step)
     log_run_facts(loggers, config, params)
     callbacks: list[pl.Callback] = [best, last, throughput, StepSeed(cfg.seed), RunFacts(stamp)]
     if cfg.trainer.get("enable_progress_bar", True):

@@ -133,11 +133,12 @@ class LRADataModule(pl.LightningDataModule):
                 path = self.cache_path(split)
                 if not path.exists():
                     log.info("tokenising %s %s into %s", self.task_name, split, path)
-                    self._write_cache(split, path)
-                elif (problem := self._unusable(path)) is not None:
+                elif (problem := self._unusable(path)) is None:
+                    continue
+                else:
                     log.warning("%s: the cache cannot be used (%s); building it again from the "
                                 "raw files", path, problem)  # fmt: skip
-                    self._write_cache(split, path)
+                self._write_cache(split, path)
 
     def _write_cache(self, split: str, path: Path) -> None:
         """Tokenise a split into `path`, with the SHA-256 of each of its files (CHECKSUMS.json)."""

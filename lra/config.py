@@ -3,6 +3,7 @@ never typed twice."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -12,11 +13,39 @@ from lra.registry import TASKS
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
+HYDRA_SUBDIR = ".hydra"
+_subdirs: dict[str, str] = {}  # run directory -> its job's subdir, for the job's lifetime
+
+
+def hydra_subdir(run_dir: str) -> str:
+    """`hydra.output_subdir`: where Hydra writes a job's config.yaml, hydra.yaml, overrides.yaml.
+    `.hydra` in a new run directory; in one that already holds a job's (a resumed or requeued
+    run), `.hydra/<time>`, so the command that made the run is never replaced. Stable within a
+    job (Hydra may resolve it more than once); `end_job` forgets it."""
+    if run_dir not in _subdirs:
+        subdir, base = HYDRA_SUBDIR, Path(run_dir) / HYDRA_SUBDIR
+        if (base / "config.yaml").exists():
+            stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+            subdir = next(
+                f"{HYDRA_SUBDIR}/{name}"
+                for name in (stamp, *(f"{stamp}-{k}" for k in range(1, 1000)))
+                if not (base / name).exists()
+            )
+        _subdirs[run_dir] = subdir
+    return _subdirs[run_dir]
+
+
+def end_job(run_dir: str) -> None:
+    _subdirs.pop(run_dir, None)
+
+
 def register_resolvers() -> None:
-    """`${lra.vocab_size:listops}`, `${lra.num_classes:listops}`, read from the DataModule."""
+    """`${lra.vocab_size:listops}`, `${lra.num_classes:listops}`, read from the DataModule;
+    `${lra.hydra_subdir:RUN_DIR}` (see `hydra_subdir`)."""
     resolvers = {
         "lra.vocab_size": lambda family: TASKS.get(family).vocab_size,
         "lra.num_classes": lambda family: TASKS.get(family).num_classes,
+        "lra.hydra_subdir": hydra_subdir,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

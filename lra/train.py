@@ -15,13 +15,14 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from lra.build import CONF_DIR, build_datamodule, build_module, validate
+from lra.build import build_datamodule, build_module, validate
 from lra.callbacks import (
     AtomicCheckpointIO,
     LastCheckpoint,
@@ -30,6 +31,7 @@ from lra.callbacks import (
     TokenThroughput,
     check_checkpoint,
 )
+from lra.config import CONF_DIR, end_job
 from lra.console import print_config_tree, print_summary
 from lra.io import write_json
 from lra.loggers import build_loggers, close_wandb, log_run_facts
@@ -277,7 +279,11 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """The value of `optimized_metric`, for a Hydra sweeper (Optuna)."""
-    return train(cfg)[optimized_field(cfg)]
+    try:
+        return train(cfg)[optimized_field(cfg)]
+    finally:
+        if HydraConfig.initialized():  # a sweeper calls main; a test may call main.__wrapped__
+            end_job(HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":

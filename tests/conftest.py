@@ -121,8 +121,10 @@ class CLI:
         module: str = "lra.train",
         flags: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        **popen: Any,
     ) -> subprocess.CompletedProcess:
-        """`python -m module [flags] [tiny overrides, paths] overrides` in the repository root."""
+        """`python -m module [flags] [tiny overrides, paths] overrides` in the repository root;
+        `popen`: more of subprocess.run's arguments (e.g. preexec_fn)."""
         args = [sys.executable, "-m", module, *flags]
         if module == "lra.train":
             args += [*(TINY if tiny else []), f"paths.data_dir={self.data_dir}"]
@@ -133,7 +135,9 @@ class CLI:
         args += list(overrides)
         env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONHASHSEED": "0",
                **(env or {})}  # fmt: skip
-        return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        return subprocess.run(
+            args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **popen
+        )
 
     def results(self, run_dir: str = "run") -> dict[str, Any]:
         return json.loads((self.root / run_dir / "results.json").read_text())

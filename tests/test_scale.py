@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CLI, TINY, Runs, ok
+from conftest import CLI, ROOT, TINY, Runs, ok
 from omegaconf import OmegaConf
 from wandb_records import read_offline_run
 
@@ -106,10 +106,12 @@ runpy.run_module("lra.train", run_name="__main__")
 """
 
 
-def command(runs: Runs, run_dir: str, *extra: str) -> list[str]:
+def command(runs: Runs, run_dir: str, *extra: str, killed: bool = True) -> list[str]:
+    """`python -m lra.train` (killed inside the validation after step 20, or not) in `run_dir`."""
+    start = ["-c", KILLED_IN_VALIDATION] if killed else ["-m", "lra.train"]
     return [
-        sys.executable, "-c", KILLED_IN_VALIDATION, *TINY, *RESUMABLE, *extra,
-        f"paths.data_dir={runs.data_dir}", f"hydra.run.dir={runs.root / run_dir}",
+        sys.executable, *start, *TINY, *RESUMABLE, *extra, f"paths.data_dir={runs.data_dir}",
+        f"paths.log_dir={runs.root / 'outputs'}", f"hydra.run.dir={runs.root / run_dir}",
     ]  # fmt: skip
 
 
@@ -117,18 +119,22 @@ def command(runs: Runs, run_dir: str, *extra: str) -> list[str]:
 def test_sigkill_inside_a_validation_then_resume_reaches_exactly_the_uninterrupted_metrics(
     runs: Runs,
 ) -> None:
-    straight = runs.train(*RESUMABLE, run_dir="straight")  # also generates the data
-
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(command(runs, "killed"), cwd=Path(__file__).parents[1], env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == -signal.SIGKILL, f"killed inside a validation\n{proc.stderr[-3000:]}"
+    killed = subprocess.Popen(command(runs, "killed"), cwd=ROOT, env=env, text=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    # while it starts (its imports, one core), the uninterrupted run, on the same data
+    straight = runs.train(*RESUMABLE, run_dir="straight")
+    _, stderr = killed.communicate(timeout=300)
+    assert killed.returncode == -signal.SIGKILL, f"killed inside a validation\n{stderr[-3000:]}"
     assert not (runs.root / "killed" / "results.json").exists()
     last = runs.root / "killed" / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=False)
     assert state["global_step"] == 15, "the step before the validation it was killed in"
 
-    resumed = runs.train(*RESUMABLE, "resume=true", run_dir="killed")
+    proc = subprocess.run(command(runs, "killed", "resume=true", killed=False), cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, f"the resumed run\n{proc.stderr[-3000:]}"
+    resumed = runs.results("killed")
     assert resumed["resumed_from"] == str(last)
     assert isinstance(straight["val_loss"], float), "real numbers are compared"
     for key in ("steps", "val_acc_best", "val_loss", "test_acc", "test_loss"):

@@ -130,17 +130,6 @@ def test_unknown_mixer_name_lists_the_registered_ones(runs: Runs) -> None:
         runs.train("model.mixer.name=nope", "logger=none")
 
 
-@pytest.mark.slow
-def test_missing_data_without_generation_names_the_path_and_the_command(cli: CLI) -> None:
-    proc = cli.run("task.data.generate=false", "logger=none")
-    assert proc.returncode != 0
-    expected = f"{cli.data_dir}/listops_small/basic_train.tsv not found"
-    assert expected in proc.stderr
-    assert "python -m lra.data.prepare listops_small" in proc.stderr
-    r = cli.results()  # the failed run says so where a script looks
-    assert r["status"] == "failed" and expected in r["reason"] and r["test_acc"] is None
-
-
 def test_a_non_finite_loss_stops_the_run_and_results_say_failed(runs: Runs, capsys) -> None:
     with pytest.raises(NonFiniteLossError, match=r"non-finite training loss \(here \w+; any rank "
                        r"stops all\) at step \d"):  # fmt: skip

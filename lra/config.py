@@ -13,7 +13,21 @@ from lra.registry import TASKS
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
+LAST = Path("checkpoints") / "last.ckpt"  # a run directory's latest checkpoint
 HYDRA_SUBDIR = ".hydra"
+
+
+def run_dir(runs: str, stamp: str, resume: bool, ckpt_path: str | None) -> str:
+    """`hydra.run.dir`: `RUNS/<time>`; with `resume=true` (or `ckpt_path=last`), the newest run
+    under RUNS (this run name's folder) that has a last.ckpt, so a resumed run continues in its
+    own directory: its checkpoints (the best one too), CSV history, W&B id and results."""
+    if resume is True or ckpt_path == "last":
+        earlier = sorted(Path(runs).glob(f"*/{LAST}"), key=lambda p: p.stat().st_mtime)
+        if earlier:
+            return str(earlier[-1].parents[1])
+    return f"{runs}/{stamp}"
+
+
 _subdirs: dict[str, str] = {}  # run directory -> its job's subdir, for the job's lifetime
 
 
@@ -41,11 +55,12 @@ def end_job(run_dir: str) -> None:
 
 def register_resolvers() -> None:
     """`${lra.vocab_size:listops}`, `${lra.num_classes:listops}`, read from the DataModule;
-    `${lra.hydra_subdir:RUN_DIR}` (see `hydra_subdir`)."""
+    `${lra.run_dir:...}` and `${lra.hydra_subdir:RUN_DIR}` (see `run_dir`, `hydra_subdir`)."""
     resolvers = {
         "lra.vocab_size": lambda family: TASKS.get(family).vocab_size,
         "lra.num_classes": lambda family: TASKS.get(family).num_classes,
         "lra.hydra_subdir": hydra_subdir,
+        "lra.run_dir": run_dir,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -31,7 +31,7 @@ from lra.callbacks import (
     TokenThroughput,
     check_checkpoint,
 )
-from lra.config import CONF_DIR, end_job
+from lra.config import CONF_DIR, LAST, end_job
 from lra.console import print_config_tree, print_summary
 from lra.io import write_json
 from lra.loggers import build_loggers, close_wandb, log_run_facts
@@ -40,7 +40,6 @@ from lra.models.classifier import count_parameters
 
 log = logging.getLogger(__name__)
 
-LAST = Path("checkpoints") / "last.ckpt"
 # what a finished run measures; null in the results.json of a run that did not finish
 MEASURED = ("val_acc_best", "val_loss", "test_acc", "test_loss", "test_checkpoint",
             "test_majority_rate", "fit_seconds", "train_tokens_per_s")  # fmt: skip
@@ -78,20 +77,15 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def find_resume_dir(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """Where `resume=true` (or `ckpt_path=last`) continues from: this run directory if it has a
-    last.ckpt (a requeued job), else the newest earlier run of the same name that has one."""
+    """Where `resume=true` (or `ckpt_path=last`) continues from: this run directory, if it has a
+    last.ckpt. (On the command line Hydra's run directory is already the newest earlier run of
+    this name that has one: `lra.config.run_dir`.)"""
     if not (cfg.get("resume") or cfg.get("ckpt_path") == "last"):
         return None
     if (run_dir / LAST).exists():
         return run_dir
-    earlier = sorted(
-        (Path(cfg.paths.log_dir) / "runs" / cfg.run_name).glob(f"*/{LAST}"),
-        key=lambda p: p.stat().st_mtime,
-    )
-    if not earlier:
-        log.warning("resume: no %s under %s yet; starting afresh", LAST, run_dir)
-        return None
-    return earlier[-1].parents[1]
+    log.warning("resume: no %s under %s yet; starting afresh", LAST, run_dir)
+    return None
 
 
 def finished_results(run_dir: Path) -> dict[str, Any] | None:

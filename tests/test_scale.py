@@ -106,12 +106,13 @@ runpy.run_module("lra.train", run_name="__main__")
 """
 
 
-def command(runs: Runs, run_dir: str, *extra: str, killed: bool = True) -> list[str]:
-    """`python -m lra.train` (killed inside the validation after step 20, or not) in `run_dir`."""
+def command(runs: Runs, *extra: str, killed: bool = True) -> list[str]:
+    """`python -m lra.train` (killed inside the validation after step 20, or not), in the default
+    layout: runs under paths.log_dir/runs/NAME/<time>/."""
     start = ["-c", KILLED_IN_VALIDATION] if killed else ["-m", "lra.train"]
     return [
         sys.executable, *start, *TINY, *RESUMABLE, *extra, f"paths.data_dir={runs.data_dir}",
-        f"paths.log_dir={runs.root / 'outputs'}", f"hydra.run.dir={runs.root / run_dir}",
+        f"paths.log_dir={runs.root / 'outputs'}",
     ]  # fmt: skip
 
 
@@ -120,36 +121,39 @@ def test_sigkill_inside_a_validation_then_resume_reaches_exactly_the_uninterrupt
     runs: Runs,
 ) -> None:
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PATH": "/usr/bin:/bin"}
-    killed = subprocess.Popen(command(runs, "killed"), cwd=ROOT, env=env, text=True,
+    killed = subprocess.Popen(command(runs), cwd=ROOT, env=env, text=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     # while it starts (its imports, one core), the uninterrupted run, on the same data
     straight = runs.train(*RESUMABLE, run_dir="straight")
     _, stderr = killed.communicate(timeout=300)
     assert killed.returncode == -signal.SIGKILL, f"killed inside a validation\n{stderr[-3000:]}"
-    assert not (runs.root / "killed" / "results.json").exists()
-    last = runs.root / "killed" / "checkpoints" / "last.ckpt"
+    (run,) = (runs.root / "outputs" / "runs" / "listops_small-baseline-s0").iterdir()
+    assert not (run / "results.json").exists()
+    last = run / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=False)
     assert state["global_step"] == 15, "the step before the validation it was killed in"
 
-    proc = subprocess.run(command(runs, "killed", "resume=true", killed=False), cwd=ROOT, env=env,
+    # what a user types: the same command with resume=true; it continues in the run's directory
+    proc = subprocess.run(command(runs, "resume=true", killed=False), cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, f"the resumed run\n{proc.stderr[-3000:]}"
-    resumed = runs.results("killed")
+    assert [run] == list(run.parent.iterdir()), "no second run directory"
+    resumed = json.loads((run / "results.json").read_text())
     assert resumed["resumed_from"] == str(last)
     assert isinstance(straight["val_loss"], float), "real numbers are compared"
     for key in ("steps", "val_acc_best", "val_loss", "test_acc", "test_loss"):
         assert resumed[key] == straight[key], key
     assert Path(resumed["test_checkpoint"]).name == Path(straight["test_checkpoint"]).name
 
-    logged = {name: metric_rows(runs.root / name / "csv" / "metrics.csv")
-              for name in ("straight", "killed")}  # fmt: skip
+    folders = {"straight": runs.root / "straight", "killed": run}
+    logged = {name: metric_rows(folder / "csv" / "metrics.csv") for name, folder in folders.items()}
     assert logged["killed"] == logged["straight"], "the CSV history is kept and continued"
     assert {step for step, _ in logged["straight"]} == set(range(30)), "every step is logged"
 
-    wandb_runs = sorted((runs.root / "killed" / "wandb").glob("offline-run-*"))
+    wandb_runs = sorted((run / "wandb").glob("offline-run-*"))
     assert len(wandb_runs) == 2
     assert wandb_runs[0].name.split("-")[-1] == wandb_runs[1].name.split("-")[-1]
-    stored = (runs.root / "killed" / "wandb_id").read_text().strip()
+    stored = (run / "wandb_id").read_text().strip()
     assert read_offline_run(wandb_runs[1])["id"] == stored
 
 

@@ -4,18 +4,26 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# one stamp per TORCH_SPEC: a new spec (e.g. a CUDA build) reinstalls torch on an existing .venv
+TORCH_STAMP := $(VENV)/.torch-$(shell printf '%s' '$(TORCH_SPEC)' | sha256sum | cut -c1-16)
 
 .PHONY: install test test-fast demo lint format clean
 
 install: $(STAMP)
 
-# torch goes in first, pinned: an unpinned torch pulls GBs of CUDA wheels on a CPU machine.
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# torch goes in first, pinned: an unpinned torch pulls GBs of CUDA wheels on a CPU machine. The
+# spec is unquoted, so its words reach pip as separate arguments (a version, --index-url URL).
+$(TORCH_STAMP):
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip uninstall -q -y torch
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	rm -f $(VENV)/.torch-*
+	printf '%s\n' '$(TORCH_SPEC)' > $@
+
+$(STAMP): pyproject.toml $(TORCH_STAMP)
 	$(BIN)/python -m pip install -q -e ".[dev]"
-	touch $(STAMP)
+	touch $@
 
 test: install
 	WANDB_MODE=offline $(BIN)/python -m pytest -q tests

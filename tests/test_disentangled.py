@@ -11,7 +11,8 @@ import torch
 from conftest import Runs
 
 import lra.models.attention.disentangled as dis
-from lra.build import build_net, compose
+from lra.build import build_net, compose, configs
+from lra.matching import match_parameters
 from lra.models.attention.disentangled import (
     DisentangledAttention,
     FlashWithBias,
@@ -409,3 +410,40 @@ def test_model_disentangled_trains_without_absolute_positions_and_records_it(run
     assert not any(k.endswith(".pos") for k in state), "no absolute position table was trained"
     # 2 layers of 4 projections (32x32 + 32) and one table E [512, 32] with its LayerNorm
     assert r["params"]["mixer"] == 2 * 4 * (32 * 32 + 32) + 512 * 32 + 2 * 32
+
+
+@pytest.mark.parametrize("task", configs("task"))
+def test_auto_never_picks_flex_for_a_head_size_the_cuda_kernel_cannot_take(task: str) -> None:
+    """Every task's head size as trained (parameters matched), in training and in eval."""
+    enc = match_parameters(compose([f"task={task}", "model=disentangled"])).task.encoder
+    d = enc.qkv_dim // enc.num_heads
+    for dropout in {enc.attn_dropout, 0.0}:  # training; eval
+        chosen = dis.choose_impl("auto", "cuda", d, dropout)
+        assert chosen == ("flex" if d >= dis.FLEX_MIN_HEAD and dropout == 0 else "sdpa"), (
+            d,
+            dropout,
+        )
+        assert dis.choose_impl("auto", "cpu", d, dropout) == "sdpa"
+    if d < dis.FLEX_MIN_HEAD:
+        with pytest.raises(ValueError, match=rf"needs a head size >= 16, this one is {d}"):
+            dis.choose_impl("flex", "cuda", d, 0.0)
+
+
+def test_the_small_heads_of_the_pixel_tasks_are_among_the_shapes_checked() -> None:
+    heads = {}
+    for task in ("image", "pathfinder", "pathx"):
+        enc = match_parameters(compose([f"task={task}", "model=disentangled"])).task.encoder
+        heads[task] = enc.qkv_dim // enc.num_heads
+    assert all(d < dis.FLEX_MIN_HEAD for d in heads.values()), heads
+
+
+def test_the_choice_is_logged_once_per_mode(caplog) -> None:
+    mixer, shared = mixer_and_table(12)
+    x, mask = torch.randn(2, 12, 16), torch.ones(2, 12, dtype=torch.bool)
+    dis._announced.clear()
+    with caplog.at_level("INFO", logger=dis.__name__):
+        for _ in range(3):
+            mixer(x, mask, **shared())
+    lines = [r.message for r in caplog.records if "disentangled attention" in r.message]
+    assert lines == ["disentangled attention (eval): impl=auto runs sdpa on cpu (head size 8, "
+                     "dropout 0)"]  # fmt: skip

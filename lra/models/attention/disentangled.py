@@ -25,13 +25,15 @@ p2c[i, j] = P2CT[c(i,j), j]. Three ways to finish, picked by `impl`:
   memory-efficient kernel, which differentiates the bias itself.
 - "flex": FlexAttention reads both tables in `score_mod`, so no [n, n] tensor is stored
   (CUDA, compiled; no attention dropout).
-"auto" is "flex" on CUDA when attention dropout is off, else "sdpa".
+"auto" is "flex" where the CUDA flex kernel serves the shape (`choose_impl`), else "sdpa"; the choice
+is logged once per run and mode.
 Not modelled: DeBERTa's dropout on E (`pos_dropout`), which is no part of the equations.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Sequence
 
@@ -41,11 +43,47 @@ from torch import nn
 
 from lra.registry import MIXERS
 
+log = logging.getLogger(__name__)
+
 POSITION_TERMS = ("c2p", "p2c")
 IMPLS = ("auto", "eager", "sdpa", "flex")
+FLEX_MIN_HEAD = 16  # the CUDA flex kernel (Triton's tl.dot) takes head sizes >= 16 only
 BLOCK_SCORES = 2**22  # FlashWithBias works on blocks of query rows of about this many scores
 # SDPA's CPU flash kernel, called directly so that the bias need not require grad (FlashWithBias)
 FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def choose_impl(impl: str, device: str, head_dim: int, dropout: float) -> str:
+    """What `impl` runs as on `device` ("cuda", "cpu", ...) at this head size and attention dropout
+    (0 in eval): "auto" is "flex" only where the compiled CUDA kernel serves (CUDA, no dropout,
+    head size >= FLEX_MIN_HEAD), else "sdpa". An explicit "flex" it cannot serve is an error."""
+    if impl == "flex":
+        if dropout > 0:
+            raise ValueError("impl=flex has no attention dropout: set attn_dropout=0 or impl=sdpa")
+        if device == "cuda" and head_dim < FLEX_MIN_HEAD:
+            raise ValueError(
+                f"impl=flex: the CUDA flex kernel needs a head size >= {FLEX_MIN_HEAD}, this one "
+                f"is {head_dim} (qkv_dim / num_heads): use impl=auto or impl=sdpa"
+            )
+        return impl
+    if impl != "auto":
+        return impl
+    flex = device == "cuda" and dropout == 0 and head_dim >= FLEX_MIN_HEAD
+    return "flex" if flex else "sdpa"
+
+
+_announced: set[tuple] = set()
+
+
+def announce(impl: str, chosen: str, device: str, head_dim: int, dropout: float, training: bool):
+    """Log the implementation once per process (a run) for each distinct choice."""
+    key = (impl, chosen, device, head_dim, dropout, training)
+    if key not in _announced:
+        _announced.add(key)
+        log.info(
+            "disentangled attention (%s): impl=%s runs %s on %s (head size %d, dropout %g)",
+            "training" if training else "eval", impl, chosen, device, head_dim, dropout,
+        )  # fmt: skip
 
 
 def relative_span(
@@ -182,12 +220,9 @@ class DisentangledAttention(nn.Module):
             PQ = self.heads((self.pos_q_proj or self.q_proj)(E))  # [h, 2k, d]
             P2CT = (s * PQ) @ K.transpose(-1, -2)  # [B, h, 2k, n]: s K_j.PQ[c]
         dropout = self.dropout if self.training else 0.0
-        impl = self.impl
-        if impl == "auto":
-            impl = "flex" if x.is_cuda and dropout == 0 else "sdpa"
+        impl = choose_impl(self.impl, x.device.type, self.d, dropout)
+        announce(self.impl, impl, x.device.type, self.d, dropout, self.training)
         if impl == "flex":
-            if dropout > 0:
-                raise ValueError("impl=flex has no attention dropout: set attn_dropout=0 or impl=sdpa")
             O = attend_flex(Q, K, V, C2P, P2CT, T, mask, s)
         else:
             bias = torch.zeros(B, 1, 1, n, device=x.device, dtype=Q.dtype)  # padding keys: -inf

@@ -247,7 +247,7 @@ def test_shared_table_is_layer_normed_like_transformers_encoder(hf) -> None:
 def test_fast_paths_equal_eager_in_outputs_and_gradients(
     monkeypatch, pos_att_type, buckets, max_relative, n
 ) -> None:
-    monkeypatch.setattr(dis, "BLOCK_SCORES", 3 * 2 * n * 7)  # several row blocks, a ragged last
+    monkeypatch.setitem(dis.BLOCK_SCORES, "cpu", 3 * 2 * n * 7)  # several row blocks, a ragged last
     mixer, shared = mixer_and_table(
         n,
         torch.float64,
@@ -259,7 +259,9 @@ def test_fast_paths_equal_eager_in_outputs_and_gradients(
     x, mask = right_padded([n, n - 5, 1], n, torch.float64)
     weight = torch.randn(3, n, 16, dtype=torch.float64) * mask[..., None]
     results = {}
-    for impl in ("eager", "sdpa"):
+    flash = dis.FLASH_CPU
+    for impl, path in (("eager", "eager"), ("sdpa", "flash"), ("sdpa", "blocked")):
+        monkeypatch.setattr(dis, "FLASH_CPU", flash if path == "flash" else None)
         mixer.impl = impl
         mixer.zero_grad()
         shared.zero_grad()
@@ -267,17 +269,18 @@ def test_fast_paths_equal_eager_in_outputs_and_gradients(
         y = mixer(xi, mask, **shared())
         (y * weight).sum().backward()
         params = list(mixer.parameters()) + list(shared.parameters())
-        results[impl] = [y[mask], xi.grad] + [p.grad for p in params if p.grad is not None]
-    assert len(results["sdpa"]) == len(results["eager"]) > 5
-    for fast, ref in zip(results["sdpa"], results["eager"], strict=True):
-        torch.testing.assert_close(fast, ref, atol=1e-10, rtol=1e-10)
+        results[path] = [y[mask], xi.grad] + [p.grad for p in params if p.grad is not None]
+    for path in ("flash", "blocked"):  # FlashWithBias; BlockedSDPA (CUDA's path, and dropout's)
+        assert len(results[path]) == len(results["eager"]) > 5
+        for fast, ref in zip(results[path], results["eager"], strict=True):
+            torch.testing.assert_close(fast, ref, atol=1e-10, rtol=1e-10)
     with torch.no_grad():  # FlexAttention's eager reference on CPU: forward only
         mixer.impl = "flex"
         torch.testing.assert_close(mixer(x, mask, **shared())[mask], results["eager"][0])
 
 
-def test_flash_with_bias_passes_gradcheck(monkeypatch) -> None:
-    monkeypatch.setattr(dis, "BLOCK_SCORES", 2 * 6 * 4)  # blocks of 4 rows: 2 blocks
+def small_problem() -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+    """(Q, K, V, C2P, P2CT) in float64 requiring grad, T and a padding bias: B=2, h=1, n=6."""
     torch.manual_seed(0)
     B, h, n, d, k2 = 2, 1, 6, 2, 5
     Q, K, V = (torch.randn(B, h, n, d, dtype=torch.float64, requires_grad=True) for _ in "qkv")
@@ -286,9 +289,59 @@ def test_flash_with_bias_passes_gradcheck(monkeypatch) -> None:
     bias = torch.zeros(B, 1, 1, n, dtype=torch.float64)
     bias[1, ..., -2:] = torch.finfo(torch.float64).min  # two padding keys in sequence 1
     T = relative_index(n, k=2, buckets=0, max_position=2)  # c in 0..3 of 5 rows
+    return (Q, K, V, C2P, P2CT), T, bias
+
+
+def test_flash_with_bias_passes_gradcheck(monkeypatch) -> None:
+    monkeypatch.setitem(dis.BLOCK_SCORES, "cpu", 2 * 6 * 4)  # blocks of 4 rows: 2 blocks
+    inputs, T, bias = small_problem()
     assert torch.autograd.gradcheck(
-        lambda *t: FlashWithBias.apply(*t, T, bias, 0.4), (Q, K, V, C2P, P2CT), atol=1e-7
+        lambda *t: FlashWithBias.apply(*t, T, bias, 0.4), inputs, atol=1e-7
     )
+
+
+def test_blocked_sdpa_with_dropout_passes_gradcheck(monkeypatch) -> None:
+    """Each block's dropout mask is replayed in backward: with the generator seeded before each
+    call, the function is deterministic and its gradient the numerical one."""
+    monkeypatch.setitem(dis.BLOCK_SCORES, "cpu", 2 * 6 * 4)
+    inputs, T, bias = small_problem()
+
+    def attend(*t):
+        torch.manual_seed(7)
+        return dis.BlockedSDPA.apply(*t, T, bias, 0.4, 0.3)
+
+    out = attend(*inputs)
+    assert (out != dis.BlockedSDPA.apply(*inputs, T, bias, 0.4, 0.0)).any(), "dropout is on"
+    assert torch.autograd.gradcheck(attend, inputs, atol=1e-7)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_the_sdpa_path_never_holds_an_n_by_n_tensor(monkeypatch, dropout: float) -> None:
+    """Memory is O(B h rows n): no tensor of forward or backward reaches B h n n elements (the
+    position tables C2P, P2CT are [B, h, n, 2k], here 2k = 32 << n)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, tuple | list) else (out,):
+                if isinstance(t, torch.Tensor):  # memory, not a view's extent
+                    size = t.untyped_storage().nbytes() // t.element_size()
+                    Largest.numel = max(Largest.numel, size)
+            return out
+
+    n, B = 256, 2
+    monkeypatch.setitem(dis.BLOCK_SCORES, "cpu", B * 2 * n * 32)  # blocks of 32 rows
+    mixer, shared = mixer_and_table(n, attn_dropout=dropout, position_buckets=16)
+    mixer.train()
+    x, mask = right_padded([n, n - 9], n)
+    x.requires_grad_()
+    with Largest():
+        mixer(x, mask, **shared()).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert Largest.numel <= B * 2 * n * 32, f"{Largest.numel} elements; B h n n = {B * 2 * n * n}"
 
 
 def test_attention_dropout_trains_only_in_training_mode() -> None:

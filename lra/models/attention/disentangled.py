@@ -20,9 +20,12 @@ The position terms need only two small tables per head, s = 1 / sqrt(d * sf) fol
 C2P = s Q PK^T [n, 2k] and P2CT = s PQ K^T [2k, n]; then c2p[i, j] = C2P[i, c(i,j)] and
 p2c[i, j] = P2CT[c(i,j), j]. Three ways to finish, picked by `impl`:
 - "eager": the equations on [B, h, n, n] tensors, with autograd: the reference.
-- "sdpa": both terms gathered into one additive bias [B, h, n, n] for SDPA's kernels: on CPU the
-  flash kernel, with the bias gradient computed here (FlashWithBias); on CUDA the
-  memory-efficient kernel, which differentiates the bias itself.
+- "sdpa": both terms gathered into an additive bias for SDPA's kernels, a block of query rows at a
+  time (the bias block [B, h, rows, n] is built, used and dropped, and built again in backward), so
+  memory is O(B h rows n), never O(B h n^2): on CPU without dropout the flash kernel, with the
+  bias gradient computed here (FlashWithBias); elsewhere SDPA on each block (CUDA: the
+  memory-efficient kernel, which differentiates the bias), the block's dropout mask replayed in
+  backward from its saved RNG state (BlockedSDPA).
 - "flex": FlexAttention reads both tables in `score_mod`, so no [n, n] tensor is stored
   (CUDA, compiled; no attention dropout).
 "auto" is "flex" where the CUDA flex kernel serves the shape (`choose_impl`), else "sdpa"; the choice
@@ -48,7 +51,8 @@ log = logging.getLogger(__name__)
 POSITION_TERMS = ("c2p", "p2c")
 IMPLS = ("auto", "eager", "sdpa", "flex")
 FLEX_MIN_HEAD = 16  # the CUDA flex kernel (Triton's tl.dot) takes head sizes >= 16 only
-BLOCK_SCORES = 2**22  # FlashWithBias works on blocks of query rows of about this many scores
+# the sdpa path works on blocks of query rows of about this many scores [B*h, rows, n]
+BLOCK_SCORES = {"cpu": 2**22, "cuda": 2**26}  # 16 MiB, 256 MiB of fp32
 # SDPA's CPU flash kernel, called directly so that the bias need not require grad (FlashWithBias)
 FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
@@ -259,25 +263,24 @@ def attend_eager(Q, K, V, C2P, P2CT, T, bias, s: float, dropout: float) -> torch
 
 
 def attend_sdpa(Q, K, V, C2P, P2CT, T, bias, s: float, dropout: float) -> torch.Tensor:
-    """scaled_dot_product_attention(Q, K, V, Bias, scale=s) with Bias = c2p + p2c + padding.
-
-    On CPU without dropout FlashWithBias runs SDPA's flash kernel; otherwise autograd runs
-    through SDPA (CUDA: the memory-efficient kernel, which differentiates the bias; CPU: math)."""
+    """scaled_dot_product_attention(Q, K, V, Bias, scale=s) with Bias = c2p + p2c + padding, a
+    block of query rows at a time: on CPU without dropout FlashWithBias (SDPA's flash kernel),
+    otherwise BlockedSDPA (SDPA's kernels with autograd on each block)."""
     if Q.device.type == "cpu" and dropout == 0 and FLASH_CPU is not None:
         return FlashWithBias.apply(Q, K, V, C2P, P2CT, T, bias, s)
-    n = Q.shape[-2]
-    Bias = position_bias(C2P, P2CT, bias, T.flip(0).unfold(0, n, 1), slice(0, n))
-    return F.scaled_dot_product_attention(Q, K, V, attn_mask=Bias, dropout_p=dropout, scale=s)
+    return BlockedSDPA.apply(Q, K, V, C2P, P2CT, T, bias, s, dropout)
 
 
 def block_index(W: torch.Tensor, rows: slice, k2: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where c2p and p2c read, for i in rows [rows, n]: i * 2k + c(i, j) in C2P flattened to
-    [n * 2k], and c(i, j) * n + j in P2CT flattened to [2k * n]. (Flat gathers and scatters run
-    several times faster than 4-d ones.) W = T.flip(0).unfold(0, n, 1): W[n-1-i, j] = c(i, j)."""
+    """Where c2p and p2c read, for i in rows: (i - rows.start) * 2k + c(i, j) in C2P[:, :, rows]
+    flattened to [rows * 2k], and c(i, j) * n + j in P2CT flattened to [2k * n]. (Flat gathers
+    and scatters run several times faster than 4-d ones.) W = T.flip(0).unfold(0, n, 1):
+    W[n-1-i, j] = c(i, j)."""
     n = W.shape[1]
     i = torch.arange(rows.start, rows.stop, device=W.device)
     c = W.index_select(0, n - 1 - i)  # [rows, n]: c(i, j)
-    return torch.add(c, i[:, None], alpha=k2), torch.add(torch.arange(n, device=W.device), c, alpha=n)
+    at_c2p = torch.add(c, (i - rows.start)[:, None], alpha=k2)
+    return at_c2p, torch.add(torch.arange(n, device=W.device), c, alpha=n)
 
 
 def position_bias(C2P, P2CT, bias, W, rows: slice) -> torch.Tensor:
@@ -285,17 +288,30 @@ def position_bias(C2P, P2CT, bias, W, rows: slice) -> torch.Tensor:
     B, n, r = bias.shape[0], W.shape[1], rows.stop - rows.start
     at_c2p, at_p2c = block_index(W, rows, C2P.shape[-1] if C2P is not None else 0)
     A = bias.expand(-1, -1, r, -1)  # [B, 1, rows, n]: padding keys
+    C2P = C2P[:, :, rows] if C2P is not None else None  # [B, h, rows, 2k]
     for table, at in ((C2P, at_c2p), (P2CT, at_p2c)):
         if table is not None:
             h = table.shape[1]
-            term = table.view(B * h, -1).gather(-1, at.view(1, -1).expand(B * h, -1))
+            term = table.reshape(B * h, -1).gather(-1, at.view(1, -1).expand(B * h, -1))
             A = term.view(B, h, r, n).add_(A)
     return A
 
 
-def row_blocks(heads: int, n: int) -> list[slice]:
+def add_bias_grad(dC2P, dP2CT, dBias, W, rows: slice) -> None:
+    """The gather's backward for one block: dC2P[i, c(i,j)] += dBias[i, j] and
+    dP2CT[c(i,j), j] += dBias[i, j] for i in rows (dBias: [B*h, rows * n])."""
+    at_c2p, at_p2c = block_index(W, rows, dC2P.shape[-1] if dC2P is not None else 0)
+    Bh = dBias.shape[0]
+    if dC2P is not None:
+        target = dC2P[:, :, rows].view(Bh, -1)  # a view: the scatter lands in dC2P
+        target.scatter_add_(-1, at_c2p.view(1, -1).expand(Bh, -1), dBias)
+    if dP2CT is not None:
+        dP2CT.view(Bh, -1).scatter_add_(-1, at_p2c.view(1, -1).expand(Bh, -1), dBias)
+
+
+def row_blocks(heads: int, n: int, device: torch.device) -> list[slice]:
     """Query rows in blocks of about BLOCK_SCORES scores [B*h, rows, n]."""
-    block = max(1, BLOCK_SCORES // (heads * n))
+    block = max(1, BLOCK_SCORES.get(device.type, BLOCK_SCORES["cpu"]) // (heads * n))
     return [slice(start, min(start + block, n)) for start in range(0, n, block)]
 
 
@@ -303,53 +319,120 @@ class FlashWithBias(torch.autograd.Function):
     """Attention with the position bias on CPU: SDPA's flash kernel forward, blocked backward.
 
     SDPA's CPU flash kernel only takes a bias that needs no gradient, so this Function gives the
-    gradients itself. Forward: Bias = position_bias [B, h, n, n], built a block of rows at a time
-    (kept for backward), and O, L = flash(Q, K, V, Bias), L the log-sum-exp of each row.
-    Backward, a block of query rows at a time, with dS the gradient of the logits:
+    gradients itself. Forward, a block of query rows at a time: Bias = position_bias
+    [B, h, rows, n], and O, L = flash(Q, K, V, Bias), L the log-sum-exp of each row (rows are
+    independent, so blocks give the whole result). Backward, a block at a time, with the block's
+    Bias built again and dS the gradient of the logits:
         P = exp(s Q K^T + Bias - L),   dV += P^T dO,   dS = P * (dO V^T - rowsum(dO * O)),
         dQ = s dS K,   dK += s dS^T Q,   dC2P[i, c(i,j)] += dS[i, j],   dP2CT[c(i,j), j] += dS[i, j]
     """
 
     @staticmethod
     def forward(ctx, Q, K, V, C2P, P2CT, T, bias, s):
-        B, h, n, _ = Q.shape
+        B, h, n, d = Q.shape
         W = T.flip(0).unfold(0, n, 1)
-        Bias = Q.new_empty(B, h, n, n)
-        for rows in row_blocks(B * h, n):  # small temporaries, reused rather than paged in anew
-            Bias[:, :, rows] = position_bias(C2P, P2CT, bias, W, rows)
-        O, L = FLASH_CPU(Q, K, V, attn_mask=Bias, scale=s)  # O: [B, h, n, d], L: [B, h, n]
-        ctx.save_for_backward(Q, K, V, C2P, P2CT, T, Bias, O, L)
+        O, L = Q.new_empty(B, h, n, d), Q.new_empty(B, h, n)
+        for rows in row_blocks(B * h, n, Q.device):
+            Bias = position_bias(C2P, P2CT, bias, W, rows)
+            O[:, :, rows], L[:, :, rows] = FLASH_CPU(Q[:, :, rows], K, V, attn_mask=Bias, scale=s)
+        ctx.save_for_backward(Q, K, V, C2P, P2CT, T, bias, O, L)
         ctx.scale = s
         return O
 
     @staticmethod
     def backward(ctx, dO):
-        Q, K, V, C2P, P2CT, T, Bias, O, L = ctx.saved_tensors
+        Q, K, V, C2P, P2CT, T, bias, O, L = ctx.saved_tensors
         want_c2p, want_p2c = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
         B, h, n, d = Q.shape
         W = T.flip(0).unfold(0, n, 1)
         delta = (dO * O).sum(-1).reshape(B * h, n, 1)  # rowsum(dO * O) = rowsum(P * dP)
-        # heads folded into the batch: [B*h, n, d], [B*h, n, n], [B*h, n, 1]
-        Q, K, V, dO = (t.contiguous().view(B * h, n, d) for t in (Q, K, V, dO))
-        Bias, L = Bias.view(B * h, n, n), L.reshape(B * h, n, 1)
-        dQ, dK, dV = torch.empty_like(Q), torch.zeros_like(K), torch.zeros_like(V)
+        # heads folded into the batch: [B*h, n, d], [B*h, n, 1]
+        Qf, Kf, Vf, dOf = (t.contiguous().view(B * h, n, d) for t in (Q, K, V, dO))
+        L = L.reshape(B * h, n, 1)
+        dQ, dK, dV = torch.empty_like(Qf), torch.zeros_like(Kf), torch.zeros_like(Vf)
         dC2P = torch.zeros_like(C2P) if want_c2p else None  # [B, h, n, 2k]
         dP2CT = torch.zeros_like(P2CT) if want_p2c else None  # [B, h, 2k, n]
-        for rows in row_blocks(B * h, n):
-            P = torch.baddbmm(Bias[:, rows], Q[:, rows], K.transpose(1, 2), alpha=ctx.scale)
+        for rows in row_blocks(B * h, n, Q.device):
+            Bias = position_bias(C2P, P2CT, bias, W, rows).expand(B, h, -1, -1)
+            Bias = Bias.reshape(B * h, -1, n)  # [B*h, rows, n]
+            P = torch.baddbmm(Bias, Qf[:, rows], Kf.transpose(1, 2), alpha=ctx.scale)
             P.sub_(L[:, rows]).exp_()  # [B*h, rows, n]
-            dV.baddbmm_(P.transpose(1, 2), dO[:, rows])
-            dS = torch.baddbmm(delta[:, rows], dO[:, rows], V.transpose(1, 2), beta=-1).mul_(P)
-            dQ[:, rows] = dS @ K
-            dK.baddbmm_(dS.transpose(1, 2), Q[:, rows])
-            dS = dS.view(B * h, -1)  # [B*h, rows * n]
-            at_c2p, at_p2c = block_index(W, rows, C2P.shape[-1] if want_c2p else 0)
-            if want_c2p:
-                dC2P.view(B * h, -1).scatter_add_(-1, at_c2p.view(1, -1).expand(B * h, -1), dS)
-            if want_p2c:
-                dP2CT.view(B * h, -1).scatter_add_(-1, at_p2c.view(1, -1).expand(B * h, -1), dS)
+            dV.baddbmm_(P.transpose(1, 2), dOf[:, rows])
+            dS = torch.baddbmm(delta[:, rows], dOf[:, rows], Vf.transpose(1, 2), beta=-1).mul_(P)
+            dQ[:, rows] = dS @ Kf
+            dK.baddbmm_(dS.transpose(1, 2), Qf[:, rows])
+            add_bias_grad(dC2P, dP2CT, dS.view(B * h, -1), W, rows)
         dQ, dK, dV = (t.view(B, h, n, d) for t in (dQ.mul_(ctx.scale), dK.mul_(ctx.scale), dV))
         return dQ, dK, dV, dC2P, dP2CT, None, None, None
+
+
+def rng_state(device: torch.device) -> torch.Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def set_rng_state(device: torch.device, state: torch.Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
+class BlockedSDPA(torch.autograd.Function):
+    """SDPA(Q, K, V, Bias, dropout) a block of query rows at a time, the block's Bias built from the
+    small tables and dropped. Backward builds each block's Bias again, replays the block's dropout
+    mask from the RNG state saved before it (as activation checkpointing does), differentiates
+    SDPA on the block with autograd, and scatters the bias gradient into dC2P and dP2CT once,
+    rather than through a gather's full-size gradient per block."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, Q, K, V, C2P, P2CT, T, bias, s, dropout):
+        B, h, n, d = Q.shape
+        W = T.flip(0).unfold(0, n, 1)
+        O = Q.new_empty(B, h, n, V.shape[-1])
+        ctx.states = []
+        for rows in row_blocks(B * h, n, Q.device):
+            ctx.states.append(rng_state(Q.device) if dropout > 0 else None)
+            Bias = position_bias(C2P, P2CT, bias, W, rows)
+            O[:, :, rows] = F.scaled_dot_product_attention(
+                Q[:, :, rows], K, V, attn_mask=Bias, dropout_p=dropout, scale=s
+            )
+        ctx.save_for_backward(Q, K, V, C2P, P2CT, T, bias)
+        ctx.scale, ctx.dropout = s, dropout
+        return O
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, dO):
+        Q, K, V, C2P, P2CT, T, bias = ctx.saved_tensors
+        want_c2p, want_p2c = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
+        B, h, n, _ = Q.shape
+        W = T.flip(0).unfold(0, n, 1)
+        dQ, dK, dV = torch.empty_like(Q), torch.zeros_like(K), torch.zeros_like(V)
+        dC2P = torch.zeros_like(C2P) if want_c2p else None
+        dP2CT = torch.zeros_like(P2CT) if want_p2c else None
+        now = rng_state(Q.device) if ctx.dropout > 0 else None
+        k, v = K.detach().requires_grad_(), V.detach().requires_grad_()
+        for rows, state in zip(row_blocks(B * h, n, Q.device), ctx.states, strict=True):
+            if state is not None:
+                set_rng_state(Q.device, state)
+            with torch.enable_grad():
+                q = Q[:, :, rows].detach().requires_grad_()
+                Bias = position_bias(C2P, P2CT, bias, W, rows).detach()
+                Bias.requires_grad_(want_c2p or want_p2c)
+                o = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=Bias, dropout_p=ctx.dropout, scale=ctx.scale
+                )
+                inputs = (q, k, v, Bias) if Bias.requires_grad else (q, k, v)
+                grads = torch.autograd.grad(o, inputs, dO[:, :, rows])
+            dQ[:, :, rows] = grads[0]
+            dK += grads[1]
+            dV += grads[2]
+            if Bias.requires_grad:
+                add_bias_grad(dC2P, dP2CT, grads[3].reshape(B * h, -1), W, rows)
+        if now is not None:
+            set_rng_state(Q.device, now)
+        return dQ, dK, dV, dC2P, dP2CT, None, None, None, None
 
 
 # --- flex: FlexAttention, no [n, n] tensor (CUDA) ---------------------------------------------

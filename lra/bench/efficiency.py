@@ -4,13 +4,17 @@ For every backbone (`conf/model/*.yaml`) at matched parameters on a task's shape
 and for peers at the same shape (a stack of `torch.nn.TransformerEncoderLayer`; `transformers`'
 DebertaV2 encoder when installed), each point runs in a fresh process (`lra.bench.measure`): one
 training step is forward + backward + AdamW step on random tokens, after warm-up, timed with
-synchronisation, median of repeats. On CPU the memory is the growth of the process's peak resident
-set over what it held before the timed steps; on CUDA `torch.cuda.max_memory_allocated`, under bf16
-autocast, and the model FLOPs utilisation against the device's measured bf16 matmul peak.
+synchronisation, median of repeats. Points are measured in `--rounds` rounds, every point once
+per round, each round in a rotated order, so a ratio compares points measured side by side: a
+point's time is its median over rounds, and its speed relative to baseline (× baseline) is the
+median over rounds of that round's ratio, with the lowest and highest round beside it. On CPU
+the memory is the growth of the process's peak resident set over what it held before the timed
+steps; on CUDA `torch.cuda.max_memory_allocated`, under bf16 autocast, and the model FLOPs
+utilisation against the device's measured bf16 matmul peak.
 
     python -m lra.bench [--task text] [--lengths 1024 2048 3072 4096] [--batch 2]
                         [--models baseline igloo ...] [--peers transformer deberta]
-                        [--device cpu|cuda] [--repeats 3] [--out outputs/bench]
+                        [--device cpu|cuda] [--repeats 3] [--rounds 3] [--out outputs/bench]
 """
 
 from __future__ import annotations
@@ -156,7 +160,7 @@ def step_flops(factory: Callable[..., Callable[[], None]], **kwargs: Any) -> flo
 
 
 def markdown(rows: list[dict[str, Any]], lengths: list[int]) -> str:
-    """LRA Table 2's form: steps/s (× baseline) and peak memory per length."""
+    """LRA Table 2's form: steps/s (× baseline, its range over rounds) and peak memory."""
     names = list(dict.fromkeys(r["name"] for r in rows))
     at = {(r["name"], r["n"]): r for r in rows}
     head = [
@@ -176,12 +180,12 @@ def markdown(rows: list[dict[str, Any]], lengths: list[int]) -> str:
             if r is None or r.get("error"):
                 cells.append("–")
                 continue
-            base = at.get(("baseline", n))
-            rel = (
-                f" ({r['steps_per_s'] / base['steps_per_s']:.2f}×)"
-                if base and not base.get("error")
-                else ""
-            )
+            rel = ""
+            if r.get("vs_baseline") is not None:
+                rel = f" ({r['vs_baseline']:.2f}×"
+                if r.get("rounds", 1) > 1 and r["name"] != "baseline":
+                    rel += f", {r['vs_baseline_lo']:.2f}–{r['vs_baseline_hi']:.2f}"
+                rel += ")"
             cells.append(f"{r['steps_per_s']:.3g}{rel}")
         for n in lengths:
             r = at.get((name, n))
@@ -214,6 +218,11 @@ def plot(path: Path, rows: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
+def point_kwargs(args: argparse.Namespace, factory: str, name: str, n: int) -> dict[str, Any]:
+    return {"task": args.task, ("model" if factory == "backbone_step" else "peer"): name, "n": n,
+            "batch": args.batch, "overrides": args.overrides}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lra.bench", description=__doc__,
@@ -226,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", nargs="*", default=list(PEERS))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements of each point, "
+                        "interleaved: every point once per round")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
     parser.add_argument(
         "overrides", nargs="*", help="config overrides, e.g. task.encoder.num_layers=2"
@@ -242,30 +253,54 @@ def main(argv: list[str] | None = None) -> int:
     points += [("peer_step", p, n) for n in args.lengths for p in peers]
     peak = bf16_peak_tflops(args.device) if args.device.startswith("cuda") else None
 
+    measured: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(points))}
+    order = list(range(len(points)))
+    schedule = [order[r % len(order) :] + order[: r % len(order)] for r in range(args.rounds)]
+    for i in track([i for rnd in schedule for i in rnd], description="benchmark points"):
+        factory, name, n = points[i]
+        point = measure(f"lra.bench.efficiency:{factory}", point_kwargs(args, factory, name, n),
+                        device=args.device, warmup=args.warmup, repeats=args.repeats)  # fmt: skip
+        measured[i].append(point)
+
     rows = []
-    for factory, name, n in track(points, description="benchmark points"):
-        kwargs = {"task": args.task, ("model" if factory == "backbone_step" else "peer"): name,
-                  "n": n, "batch": args.batch, "overrides": args.overrides}  # fmt: skip
+    for i, (factory, name, n) in enumerate(points):
+        kwargs = point_kwargs(args, factory, name, n)
+        times = [p["seconds"] for p in measured[i]]
+        errors = [p["error"] for p in measured[i] if p.get("error")]
         params = None
         if factory == "backbone_step":
             params = task_config(args.task, name, n, args.overrides).params.total
-        point = measure(f"lra.bench.efficiency:{factory}", kwargs, device=args.device,
-                        warmup=args.warmup, repeats=args.repeats)  # fmt: skip
+        seconds = statistics.median(times) if not errors else float("nan")
         row = {
             "name": name if factory == "backbone_step" else f"peer:{name}",
             "n": n,
             "batch": args.batch,
             "device": args.device,
             "params": params,
-            "seconds": point["seconds"],
-            "steps_per_s": 1 / point["seconds"],
-            "peak_mb": point["peak_mb"],
+            "seconds": seconds,
+            "steps_per_s": 1 / seconds,
+            "peak_mb": max(p["peak_mb"] for p in measured[i]),
             "mfu": None,
-            "error": point.get("error", ""),
+            "rounds": len(times),
+            "seconds_lo": min(times),
+            "seconds_hi": max(times),
+            "vs_baseline": None,
+            "vs_baseline_lo": None,
+            "vs_baseline_hi": None,
+            "error": errors[0] if errors else "",
         }
+        base = points.index(("backbone_step", "baseline", n)) if "baseline" in models else None
+        if base is not None and not row["error"]:
+            ratios = [
+                b["seconds"] / p["seconds"]
+                for b, p in zip(measured[base], measured[i], strict=True)
+            ]
+            if all(r == r for r in ratios):  # no NaN: baseline measured in every round
+                row["vs_baseline"] = statistics.median(ratios)
+                row["vs_baseline_lo"], row["vs_baseline_hi"] = min(ratios), max(ratios)
         if peak and not row["error"]:
             flops = step_flops(globals()[factory], **kwargs, device=args.device)
-            row["mfu"] = flops / point["seconds"] / (peak * 1e12)
+            row["mfu"] = flops / seconds / (peak * 1e12)
         rows.append(row)
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -274,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         writer.writeheader()
         writer.writerows(rows)
     table = markdown(rows, args.lengths)
-    header = f"{args.task} shape, batch {args.batch}, {args.device}"
+    header = (f"{args.task} shape, batch {args.batch}, {args.device}, {args.rounds} interleaved "
+              f"rounds of {args.warmup} warm-up + {args.repeats} timed steps a point")  # fmt: skip
     if peak:
         header += f", bf16 matmul peak {peak:.0f} TFLOP/s"
     write_text(args.out / "efficiency.md", f"{header}\n\n{table}")

@@ -99,8 +99,13 @@ def with_model(cfg: DictConfig, model: str | Mapping[str, Any]) -> DictConfig:
 
 def encoder_config(cfg: DictConfig) -> DictConfig:
     """The encoder the network gets: `task.encoder`, with the model's `model.encoder` merged over
-    it (disentangled: `pos_emb: none`)."""
-    return OmegaConf.merge(cfg.task.encoder, cfg.model.get("encoder") or {})
+    it (disentangled: `pos_emb: none`), and `padded`: whether the task's batches can hold
+    padding (its DataModule's `pads`), unless the config says."""
+    merged = OmegaConf.merge(cfg.task.encoder, cfg.model.get("encoder") or {})
+    if "padded" not in merged:
+        with open_dict(merged):
+            merged.padded = TASKS.get(cfg.task.family).pads(cfg.task.get("data") or {})
+    return merged
 
 
 def resolve_encoder(cfg: DictConfig) -> DictConfig:

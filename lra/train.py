@@ -36,6 +36,7 @@ from lra.console import print_config_tree, print_summary
 from lra.io import write_json
 from lra.loggers import build_loggers, close_wandb, log_run_facts
 from lra.matching import match_parameters, matched_facts
+from lra.memory import check_run
 from lra.models.classifier import count_parameters
 
 log = logging.getLogger(__name__)
@@ -223,6 +224,17 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
         plugins=[*plugins, AtomicCheckpointIO()],
     )  # fmt: skip
     record["trainer"] = trainer
+    device = trainer.strategy.root_device
+    if cfg.get("check_memory", True) and device.type == "cuda":
+        est = check_run(
+            module.net, device, inputs=datamodule.inputs, n=cfg.task.max_len,
+            vocab=cfg.task.vocab_size, precision=str(cfg.trainer.get("precision", "32")),
+            per_device=datamodule.batch_size, global_batch=cfg.task.optim.batch_size,
+            accumulate=int(cfg.trainer.get("accumulate_grad_batches") or 1),
+        )  # fmt: skip
+        peak, batch = est.peak(datamodule.batch_size) / 2**30, datamodule.batch_size
+        log.info("memory: about %.1f GiB of %.1f GiB free at a per-device batch of %d", peak,
+                 est.free / 2**30, batch)  # fmt: skip
 
     t_fit = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -153,3 +153,38 @@ def test_the_command_line_config_is_checked_too(tmp_path) -> None:
     cfg.task.max_len = 0  # as Hydra hands it to train(), past compose()
     with pytest.raises(ValueError, match="task.max_len=0: must be an integer >= 1"):
         train(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "padded"),
+    [
+        (["task=listops"], True),
+        (["task=text"], True),
+        (["task=image"], False),
+        (["task=pathfinder"], False),
+        (["task=pathx"], False),
+        (["task=image", "task.data.pixel_offset=0"], True),  # LRA's: black pixels are token 0
+        (["task=image", "+task.encoder.padded=true"], True),  # a config that says wins
+    ],
+)
+def test_the_encoder_is_padded_only_where_the_tasks_batches_can_hold_padding(
+    overrides: list[str], padded: bool
+) -> None:
+    from lra.build import encoder_config
+
+    assert encoder_config(compose(overrides)).padded is padded
+
+
+def test_an_encoder_without_padding_gives_its_mixers_no_mask(monkeypatch) -> None:
+    from lra.build import build_net
+
+    seen = []
+    net = build_net(compose(["task=pathfinder", "task.encoder.num_layers=1", "params.match=false"]))
+    mixer = net.encoder.blocks[0].mixer
+    forward = mixer.forward
+    monkeypatch.setattr(
+        mixer, "forward", lambda x, mask, **kw: seen.append(mask) or forward(x, mask, **kw)
+    )
+    tokens = torch.randint(1, 257, (2, 1024))
+    net({"input_ids": tokens})
+    assert seen == [None]

@@ -59,7 +59,7 @@ def build(mixer: str, seed: int = 0):
     return encoder.blocks[0].mixer, encoder.shared
 
 
-def apply(mixer, shared, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def apply(mixer, shared, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return mixer(x, mask, **(shared() if shared is not None else {}))
 
 
@@ -90,6 +90,15 @@ def test_output_has_the_input_shape_and_dtype(name: str) -> None:
         if module is not None:
             module.double()
     assert apply(mixer, shared, x.double(), mask).dtype == torch.float64, "the input's dtype"
+
+
+@pytest.mark.parametrize("name", MIXER_NAMES)
+def test_no_mask_is_an_all_true_mask(name: str) -> None:
+    mixer, shared = build(name)
+    x, _ = inputs()
+    with torch.no_grad():
+        y = apply(mixer, shared, x, None)
+        torch.testing.assert_close(y, apply(mixer, shared, x, torch.ones(B, N, dtype=torch.bool)))
 
 
 @pytest.mark.parametrize("name", MIXER_NAMES)

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -54,6 +54,12 @@ class LRADataModule(pl.LightningDataModule):
     vocab_size: ClassVar[int]
     num_classes: ClassVar[int]
     inputs: ClassVar[tuple[str, ...]] = ("input_ids",)
+
+    @staticmethod
+    def pads(data: Mapping[str, Any]) -> bool:
+        """Can a batch under these `task.data` settings hold token 0 (padding)? Where it cannot,
+        the encoder passes its mixers no mask (and SDPA may use its flash kernel)."""
+        return True
 
     def __init__(
         self,
@@ -281,6 +287,11 @@ def warn_if_cropped(max_len: int, pixels: int) -> None:
             "task.max_len=%d is shorter than the %d pixels of an image: each keeps its first "
             "%d pixels (row-major), which is only good for smoke tests", max_len, pixels, max_len,
         )  # fmt: skip
+
+
+def pixels_pad(data: Mapping[str, Any]) -> bool:
+    """The pixel tasks' `pads`: fixed length, so only LRA's offset 0 makes a token 0 (black)."""
+    return data.get("pixel_offset", 1) == 0
 
 
 def pixel_tokens(pixels: np.ndarray, offset: int, max_len: int) -> np.ndarray:

@@ -36,6 +36,7 @@ from lra.data.base import (
     local_or_hub,
     iter_table,
     pixel_tokens,
+    pixels_pad,
     table_files,
     warn_if_cropped,
 )
@@ -94,6 +95,7 @@ def read_tables(files: list[Path]) -> Iterator[tuple[np.ndarray, int]]:
 @TASKS.register("image")
 class ImageDataModule(LRADataModule):
     vocab_size = PIXEL_VOCAB
+    pads = staticmethod(pixels_pad)
     num_classes = 10
 
     def __init__(

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lra.data.base import PIXEL_VOCAB, LRADataModule, pixel_tokens, warn_if_cropped
+from lra.data.base import PIXEL_VOCAB, LRADataModule, pixel_tokens, pixels_pad, warn_if_cropped
 from lra.data.snakes import DIFFICULTIES, SnakesSpec, generate
 from lra.registry import TASKS
 
@@ -114,6 +114,7 @@ def split_rows(rows: list, split: str) -> list:
 @TASKS.register("pathfinder")
 class PathfinderDataModule(LRADataModule):
     vocab_size = PIXEL_VOCAB
+    pads = staticmethod(pixels_pad)
     num_classes = 2
 
     def __init__(

@@ -96,6 +96,7 @@ class Encoder(nn.Module):
         pooling: str,
         mixer: str,
         mixer_options: dict[str, Any] | None = None,
+        padded: bool = True,
     ) -> None:
         super().__init__()
         if pos_emb not in ("sinusoidal", "learned", "none"):
@@ -104,6 +105,7 @@ class Encoder(nn.Module):
             raise ValueError(f"pooling must be cls or mean, not '{pooling}'")
         self.max_len = max_len
         self.pooling = pooling
+        self.padded = padded  # False: no batch holds token 0, so mixers get no mask
         self.embed = nn.Embedding(vocab_size, d_model, padding_idx=PAD_ID)
         if pos_emb == "learned":
             self.pos = nn.Parameter(torch.randn(max_len, d_model) * 0.02)
@@ -130,13 +132,14 @@ class Encoder(nn.Module):
         B, n = tokens.shape
         if n > self.max_len:
             raise ValueError(f"sequence of {n} tokens exceeds the encoder's max_len={self.max_len}")
-        mask = tokens != PAD_ID  # [B, n]
+        mask = tokens != PAD_ID if self.padded else None  # [B, n]
         x = self.embed(tokens)  # [B, n, D]
         if self.pos is not None:
             x = x + self.pos[:n]
         if self.cls is not None:
             x = torch.cat([self.cls.expand(B, -1, -1), x], dim=1)
-            mask = torch.cat([mask.new_ones(B, 1), mask], dim=1)
+            if mask is not None:
+                mask = torch.cat([mask.new_ones(B, 1), mask], dim=1)
         x = self.drop(x)
         shared = self.shared() if self.shared is not None else {}
         for block in self.blocks:
@@ -144,5 +147,7 @@ class Encoder(nn.Module):
         x = self.norm(x)
         if self.pooling == "cls":
             return x[:, 0]
+        if mask is None:
+            return x.mean(1)
         m = mask.unsqueeze(-1).to(x.dtype)
         return (x * m).sum(1) / m.sum(1).clamp_min(1.0)

@@ -10,9 +10,12 @@ The mixer contract: what every mixer does, checked for every registered mixer by
   when there is one) and every other key of `model.mixer` as `options`. A mixer may ignore
   `num_heads` or `qkv_dim` (IGLOO uses qkv_dim as its value width) but must accept them.
 - **Forward.** `mixer(x, mask, **shared) -> [B, n, D]`, x: [B, n, D] (the normed block input,
-  n <= max_len), mask: [B, n] bool, True on real tokens, False on padding; the output has x's
-  dtype. **Padding is never read**: whatever stands at padded positions, the outputs at real
-  positions are the same (outputs at padded positions are free; the encoder never pools them).
+  n <= max_len), mask: [B, n] bool, True on real tokens, False on padding, or None where the
+  task's batches never hold padding (the encoder's `padded`: the pixel tasks), which must give
+  what an all-True mask gives (so SDPA may take its flash kernel, which takes no mask); the output
+  has x's dtype. **Padding is never read**: whatever stands at padded positions, the outputs at
+  real positions are the same (outputs at padded positions are free; the encoder never pools
+  them).
 - **Counting on the meta device.** `lra.params` and every run count parameters by building the
   network under `torch.device("meta")`, so the constructor must work there, and must not draw
   from torch's global generator there (tables that are not parameters can be skipped:

@@ -34,10 +34,10 @@ class SoftmaxAttention(nn.Module):
         self.out = nn.Linear(qkv_dim, d_model, bias=bias)
         self.attn_dropout = attn_dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         B, n, _ = x.shape
         # q, k, v: [B, h, n, d_head]
         q, k, v = self.qkv(x).view(B, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        keep = mask[:, None, None, :]  # [B, 1, 1, n]: True = attend to this key
+        keep = mask[:, None, None, :] if mask is not None else None  # [B, 1, 1, n]: True = key
         o = attend(q, k, v, attn_mask=keep, dropout_p=self.attn_dropout if self.training else 0.0)
         return self.out(o.transpose(1, 2).reshape(B, n, -1))

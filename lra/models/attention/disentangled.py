@@ -205,7 +205,7 @@ class DisentangledAttention(nn.Module):
         return t.unflatten(-1, (self.h, self.d)).transpose(-2, -3)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, rel_embeddings: torch.Tensor
+        self, x: torch.Tensor, mask: torch.Tensor | None, rel_embeddings: torch.Tensor
     ) -> torch.Tensor:
         B, n, _ = x.shape
         s = self.scale
@@ -230,7 +230,8 @@ class DisentangledAttention(nn.Module):
             O = attend_flex(Q, K, V, C2P, P2CT, T, mask, s)
         else:
             bias = torch.zeros(B, 1, 1, n, device=x.device, dtype=Q.dtype)  # padding keys: -inf
-            bias.masked_fill_(~mask[:, None, None, :], torch.finfo(Q.dtype).min)
+            if mask is not None:
+                bias.masked_fill_(~mask[:, None, None, :], torch.finfo(Q.dtype).min)
             attend = attend_eager if impl == "eager" else attend_sdpa
             O = attend(Q, K, V, C2P, P2CT, T, bias, s, dropout)  # [B, h, n, d]
         return self.out(O.transpose(1, 2).reshape(B, n, -1))
@@ -464,6 +465,8 @@ def attend_flex(Q, K, V, C2P, P2CT, T, keep, s: float) -> torch.Tensor:
     def real_key(b, h, i, j):
         return keep[b, j]
 
-    mask = create_block_mask(real_key, B, None, n, n, device=Q.device, _compile=compiled)
+    mask = None  # no padding: no block is skipped
+    if keep is not None:
+        mask = create_block_mask(real_key, B, None, n, n, device=Q.device, _compile=compiled)
     attention = compiled_flex_attention() if compiled else flex_attention
     return attention(Q, K, V, score_mod=score_mod, block_mask=mask, scale=s)

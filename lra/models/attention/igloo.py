@@ -196,9 +196,11 @@ class IglooSeq(nn.Module):
         self.register_buffer("I", I)  # [max_len, d1, patch_size]
         self.register_buffer("J", J)  # [max_len, d1]
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         Bsz, n, _ = x.shape
         d1, ps, _ = self.W.shape
+        if mask is None:  # no padding: every position is real
+            mask = torch.ones(Bsz, n, dtype=torch.bool, device=x.device)
         m = mask[..., None].to(x.dtype)  # [B, n, 1]
         # 1. H = LeakyReLU(Conv1d(X ⊙ m)) ⊙ m                                 [B, n, d_conv]
         H = self.conv(F.pad((x * m).transpose(1, 2), self.pad)).transpose(1, 2)

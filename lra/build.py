@@ -174,9 +174,23 @@ def build_net(cfg: DictConfig) -> torch.nn.Module:
     )
 
 
+def strategy_for(cfg: DictConfig, net: torch.nn.Module) -> Any:
+    """Lightning's strategy for `trainer.strategy`: for "ddp", DDP with its per-step buffer
+    broadcast off where every buffer is constant (IGLOO's index tables, the sinusoidal table):
+    no network with BatchNorm's running statistics. Otherwise the config's own (None)."""
+    if str(cfg.trainer.get("strategy")) != "ddp":
+        return None
+    if any(isinstance(m, torch.nn.modules.batchnorm._NormBase) for m in net.modules()):
+        return None
+    from pytorch_lightning.strategies import DDPStrategy
+
+    return DDPStrategy(broadcast_buffers=False)
+
+
 def build_module(cfg: DictConfig) -> LRAClassifier:
     optim = OmegaConf.to_container(cfg.task.optim, resolve=True)
-    return LRAClassifier(build_net(cfg), num_classes=cfg.task.num_classes, optim=optim)
+    return LRAClassifier(build_net(cfg), num_classes=cfg.task.num_classes, optim=optim,
+                         compile=bool(cfg.get("compile", False)))  # fmt: skip
 
 
 def count(cfg: DictConfig) -> dict[str, int]:

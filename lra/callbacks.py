@@ -16,22 +16,37 @@ from lra.models.encoder import PAD_ID
 
 
 class TokenThroughput(pl.Callback):
-    """Non-padding training tokens per second of training, over the whole fit."""
+    """Non-padding training tokens per second of training (validation excluded), over the whole
+    fit. Tokens are counted on the device and read once at the end, so no step waits for the host;
+    the clock stops at each validation, where the device is waited for anyway."""
 
     def __init__(self) -> None:
-        self.tokens = 0
+        self.count: torch.Tensor | None = None
         self.seconds = 0.0
         self._t0: float | None = None
 
     def on_train_batch_start(self, trainer: pl.Trainer, module: Any, batch: Any, idx: int) -> None:
-        self._t0 = time.perf_counter()
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+        tokens = sum((v != PAD_ID).sum() for k, v in batch.items() if "input_ids" in k)
+        self.count = tokens if self.count is None else self.count + tokens
 
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, idx: int
-    ) -> None:
+    def _stop_clock(self, module: Any) -> None:
         if self._t0 is not None:
+            if module.device.type == "cuda":
+                torch.cuda.synchronize(module.device)
             self.seconds += time.perf_counter() - self._t0
-        self.tokens += sum(int((v != PAD_ID).sum()) for k, v in batch.items() if "input_ids" in k)
+            self._t0 = None
+
+    def on_validation_start(self, trainer: pl.Trainer, module: Any) -> None:
+        self._stop_clock(module)
+
+    def on_train_end(self, trainer: pl.Trainer, module: Any) -> None:
+        self._stop_clock(module)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.count) if self.count is not None else 0
 
     @property
     def tokens_per_s(self) -> float:
@@ -70,6 +85,9 @@ class LastCheckpoint(ModelCheckpoint):
         loop = trainer.fit_loop
         if loop.epoch_loop._should_check_val_fx(loop._data_fetcher):
             return  # a validation runs next: saved in on_validation_end, once it has run
+        n = self._every_n_train_steps
+        if n > 0 and trainer.global_step % n == 0:
+            getattr(module, "check_finite", lambda: None)()  # never save a diverged run
         super().on_train_batch_end(trainer, module, *args, **kw)
 
     def on_validation_end(self, trainer: pl.Trainer, module: Any) -> None:

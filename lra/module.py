@@ -21,20 +21,28 @@ class NonFiniteLossError(FloatingPointError):
 class LRAClassifier(pl.LightningModule):
     """Trains any `net(batch) -> logits`; `optim` is the task's optimisation block."""
 
-    def __init__(self, net: nn.Module, num_classes: int, optim: dict[str, Any]) -> None:
+    def __init__(
+        self, net: nn.Module, num_classes: int, optim: dict[str, Any], compile: bool = False
+    ) -> None:
         super().__init__()
         # The run logs its whole resolved config itself; the checkpoint keeps these for reloading.
         self.save_hyperparameters(ignore=["net"], logger=False)
         self.net = net
+        # `compile`: the whole network under torch.compile; held outside the module tree, so the
+        # weights (and checkpoints) stay under `net.` as without it
+        object.__setattr__(self, "run_net", torch.compile(net) if compile else net)
         self.optim = optim
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # labels are checked by the readers; validating them here would wait for the device
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # in checkpoints, so a resumed run keeps its best
+        # the first non-finite training loss (step, value), kept on the device: -1 while none
+        self.register_buffer("first_bad", torch.tensor([-1.0, 0.0]), persistent=False)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.net(batch)
+        return self.run_net(batch)
 
     def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch)
@@ -42,18 +50,44 @@ class LRAClassifier(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, preds = self._step(batch)
-        # every rank stops together, whichever diverged (one rank alone would hang the others)
-        if self.trainer.strategy.reduce_boolean_decision(bool(~torch.isfinite(loss)), all=False):
-            raise NonFiniteLossError(
-                f"non-finite training loss (here {loss.item()}; any rank stops all) at step "
-                f"{self.global_step + 1}: lower "
-                f"task.optim.lr (now {self.optim['lr']:g}), set task.optim.grad_clip, or check the "
-                "data"
-            )
+        self.note_non_finite(loss.detach())
+        # On CPU a check costs nothing; on a GPU it waits for the step, so it runs at logging
+        # intervals and before anything is saved (check_finite: LastCheckpoint, validation, end).
+        if (
+            loss.device.type != "cuda"
+            or (self.global_step + 1) % self.trainer.log_every_n_steps == 0
+        ):
+            self.check_finite()
         self.train_acc(preds, batch["label"])
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", self.train_acc, prog_bar=True)
         return loss
+
+    def note_non_finite(self, loss: torch.Tensor) -> None:
+        """Record the first non-finite loss and its step, on the device (no wait for it)."""
+        first = (self.first_bad[0] < 0) & ~torch.isfinite(loss)
+        here = torch.stack([torch.tensor(self.global_step + 1.0, device=loss.device), loss.float()])
+        self.first_bad.copy_(torch.where(first, here, self.first_bad))
+
+    def check_finite(self) -> None:
+        """Raise NonFiniteLossError if any rank has seen a non-finite training loss; every rank
+        stops together (one rank alone would hang the others)."""
+        step, value = self.first_bad.tolist()
+        if self.trainer.strategy.reduce_boolean_decision(step >= 0, all=False):
+            here = f"here {value}" if step >= 0 else "on another rank"
+            raise NonFiniteLossError(
+                f"non-finite training loss ({here}; any rank stops all) at step "
+                f"{int(step) if step >= 0 else f'{self.global_step} or before'}: lower "
+                f"task.optim.lr (now {self.optim['lr']:g}), set task.optim.grad_clip, or check the "
+                "data"
+            )
+
+    def on_validation_start(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.check_finite()
+
+    def on_train_end(self) -> None:
+        self.check_finite()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, preds = self._step(batch)
@@ -75,12 +109,14 @@ class LRAClassifier(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim
+        params = list(self.parameters())
         opt = torch.optim.AdamW(
-            self.parameters(),
+            params,
             lr=o["lr"],
             betas=tuple(o["betas"]),
             eps=o["eps"],
             weight_decay=o["weight_decay"],
+            fused=all(p.is_cuda for p in params) or None,  # one kernel for all weights on a GPU
         )
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else o["max_steps"]
         factor = schedule(o["schedule"], o["warmup_steps"], total)

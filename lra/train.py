@@ -22,7 +22,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Ri
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from lra.build import build_datamodule, build_module, validate
+from lra.build import build_datamodule, build_module, strategy_for, validate
 from lra.callbacks import (
     AtomicCheckpointIO,
     LastCheckpoint,
@@ -214,14 +214,15 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
     loggers = build_loggers(cfg, run_dir, resume_dir, resume_step)
     log_run_facts(loggers, config, params)
     callbacks: list[pl.Callback] = [best, last, throughput, StepSeed(cfg.seed), RunFacts(stamp)]
-    if cfg.trainer.get("enable_progress_bar", True):
-        callbacks.append(RichProgressBar())
+    if cfg.trainer.get("enable_progress_bar", True):  # each refresh waits for the device
+        callbacks.append(RichProgressBar(refresh_rate=cfg.trainer.get("log_every_n_steps", 50)))
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     plugins = [hydra.utils.instantiate(p) for p in cfg.trainer.get("plugins") or []]
+    strategy = strategy_for(cfg, module.net)
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=run_dir,
-        plugins=[*plugins, AtomicCheckpointIO()],
+        plugins=[*plugins, AtomicCheckpointIO()], **({"strategy": strategy} if strategy else {}),
     )  # fmt: skip
     record["trainer"] = trainer
     device = trainer.strategy.root_device

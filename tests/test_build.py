@@ -188,3 +188,26 @@ def test_an_encoder_without_padding_gives_its_mixers_no_mask(monkeypatch) -> Non
     tokens = torch.randint(1, 257, (2, 1024))
     net({"input_ids": tokens})
     assert seen == [None]
+
+
+def test_ddp_stops_broadcasting_buffers_only_where_they_are_constant() -> None:
+    from lra.build import build_net, strategy_for
+
+    cfg = compose(["task=listops_small", "trainer=ddp_sim", "model=igloo", "params.match=false"])
+    strategy = strategy_for(cfg, build_net(cfg))
+    assert strategy._ddp_kwargs == {"broadcast_buffers": False}, "IGLOO's tables are constant"
+    lra_igloo = compose(["task=image", "trainer=ddp_sim", "model=igloo_lra", "params.match=false",
+                         "model.net.head_norm=batchnorm"])  # fmt: skip
+    assert strategy_for(lra_igloo, build_net(lra_igloo)) is None, "BatchNorm's statistics move"
+    assert strategy_for(compose(["trainer=cpu"]), build_net(compose([]))) is None
+
+
+def test_compile_wraps_the_network_and_keeps_its_weights_where_they_were(monkeypatch) -> None:
+    from lra.build import build_module
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda net: compiled.append(net) or net)
+    plain = build_module(compose(["task=listops_small", "params.match=false"]))
+    module = build_module(compose(["task=listops_small", "params.match=false", "compile=true"]))
+    assert compiled == [module.net] and plain.run_net is plain.net
+    assert list(module.state_dict()) == list(plain.state_dict()), "checkpoints unchanged"

@@ -78,3 +78,26 @@ def test_first_update_runs_at_step_ones_rate_not_at_lr_zero() -> None:
     opt = module.configure_optimizers()
     lr = opt["optimizer"].param_groups[0]["lr"]
     assert lr == pytest.approx(3e-3 * (1 / 4) / math.sqrt(4))
+
+
+def test_the_first_non_finite_loss_is_kept_on_the_device_and_named_when_checked() -> None:
+    """On a GPU the check waits for the device, so it runs at logging intervals and before any
+    save; what it reports is still the first bad step and its loss."""
+    from types import SimpleNamespace
+
+    from lra.module import NonFiniteLossError
+
+    encoder = dict(
+        max_len=8, d_model=8, num_layers=1, num_heads=1, qkv_dim=8, mlp_dim=8,
+        dropout=0.0, attn_dropout=0.0, pos_emb="none", pooling="mean",
+    )  # fmt: skip
+    module = LRAClassifier(build_classifier(encoder, {"name": "baseline"}, 10, 2), 2, OPTIM)
+    strategy = SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision)
+    module._trainer = SimpleNamespace(strategy=strategy, global_step=0)
+    for step, loss in enumerate([1.0, 0.5, math.inf, math.nan, 0.3]):
+        module._trainer.global_step = step  # global_step + 1 is the step this loss belongs to
+        module.note_non_finite(torch.tensor(loss))
+        if step == 1:
+            module.check_finite()  # nothing yet
+    with pytest.raises(NonFiniteLossError, match=r"\(here inf; any rank stops all\) at step 3:"):
+        module.check_finite()

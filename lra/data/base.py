@@ -246,8 +246,9 @@ class LRADataModule(pl.LightningDataModule):
         # a function of (seed, epoch) alone (DistributedSampler.set_epoch, called by Lightning),
         # so a resumed run sees exactly the batches the uninterrupted run would have seen.
         sampler = None
+        trainer = getattr(self, "trainer", None)
+        on_gpu = trainer is not None and trainer.strategy.root_device.type == "cuda"
         if shuffle:
-            trainer = getattr(self, "trainer", None)
             sampler = DistributedSampler(
                 self.splits[split],
                 num_replicas=trainer.world_size if trainer else 1,
@@ -261,6 +262,7 @@ class LRADataModule(pl.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=on_gpu,  # page-locked batches: the copy to the GPU runs asynchronously
             collate_fn=self.collate,
             drop_last=shuffle,
         )

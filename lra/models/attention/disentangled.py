@@ -126,6 +126,18 @@ def relative_index(n: int, k: int, buckets: int, max_position: int) -> torch.Ten
     return (r + k).clamp(0, 2 * k - 1)
 
 
+@functools.lru_cache(maxsize=64)
+def relative_rows(
+    n: int, k: int, buckets: int, max_position: int, device: torch.device
+) -> tuple[slice, torch.Tensor]:
+    """(rows, T): the rows of E a sequence of length n reads (c is non-decreasing in the offset,
+    so they are E[rows], contiguous) and T - rows.start on `device`. Made once per (n, device),
+    so a forward does no host work and no host-to-device copy: every layer reads the cached T."""
+    T = relative_index(n, k, buckets, max_position)
+    lo, hi = int(T[0]), int(T[-1])
+    return slice(lo, hi + 1), (T - lo).to(device)
+
+
 class RelativeEmbeddings(nn.Module):
     """E [2k, D], one table for the whole encoder, LayerNorm-ed once per forward when
     `layer_norm` (DeBERTa-v2's norm_rel_ebd="layer_norm"); every layer receives the same E."""
@@ -212,10 +224,9 @@ class DisentangledAttention(nn.Module):
         Q = self.heads(self.q_proj(x))  # [B, h, n, d]
         K = self.heads(self.k_proj(x))  # [B, h, n, d]
         V = self.heads(self.v_proj(x))  # [B, h, n, d]
-        T = relative_index(n, self.k, self.buckets, self.max_position)  # [2n-1]: c by offset
-        used, T = torch.unique(T, return_inverse=True)  # short sequences reach few rows of E
-        E = rel_embeddings[used.to(x.device)]  # [<= 2k, D]
-        T = T.to(x.device)
+        # T [2n-1]: c by offset, into E[rows] (short sequences reach few rows of E)
+        rows, T = relative_rows(n, self.k, self.buckets, self.max_position, x.device)
+        E = rel_embeddings[rows]  # [<= 2k, D]
         C2P = P2CT = None
         if self.c2p:
             PK = self.heads((self.pos_k_proj or self.k_proj)(E))  # [h, 2k, d]

@@ -15,7 +15,6 @@ from lra.build import build_net, compose, configs
 from lra.matching import match_parameters
 from lra.models.attention.disentangled import (
     DisentangledAttention,
-    FlashWithBias,
     RelativeEmbeddings,
     log_bucket,
     relative_index,
@@ -270,7 +269,7 @@ def test_fast_paths_equal_eager_in_outputs_and_gradients(
         (y * weight).sum().backward()
         params = list(mixer.parameters()) + list(shared.parameters())
         results[path] = [y[mask], xi.grad] + [p.grad for p in params if p.grad is not None]
-    for path in ("flash", "blocked"):  # FlashWithBias; BlockedSDPA (CUDA's path, and dropout's)
+    for path in ("flash", "blocked"):  # CPU's flash kernel; SDPA on blocks (CUDA's, dropout's)
         assert len(results[path]) == len(results["eager"]) > 5
         for fast, ref in zip(results[path], results["eager"], strict=True):
             torch.testing.assert_close(fast, ref, atol=1e-10, rtol=1e-10)
@@ -280,45 +279,43 @@ def test_fast_paths_equal_eager_in_outputs_and_gradients(
 
 
 def small_problem() -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
-    """(Q, K, V, C2P, P2CT) in float64 requiring grad, T and a padding bias: B=2, h=1, n=6."""
+    """(Q, K, V, PK, PQ) in float64 requiring grad, T and a padding bias: B=2, h=1, n=6, 2k=5."""
     torch.manual_seed(0)
     B, h, n, d, k2 = 2, 1, 6, 2, 5
     Q, K, V = (torch.randn(B, h, n, d, dtype=torch.float64, requires_grad=True) for _ in "qkv")
-    C2P = torch.randn(B, h, n, k2, dtype=torch.float64, requires_grad=True)
-    P2CT = torch.randn(B, h, k2, n, dtype=torch.float64, requires_grad=True)
+    PK, PQ = (torch.randn(h, k2, d, dtype=torch.float64, requires_grad=True) for _ in "kq")
     bias = torch.zeros(B, 1, 1, n, dtype=torch.float64)
     bias[1, ..., -2:] = torch.finfo(torch.float64).min  # two padding keys in sequence 1
     T = relative_index(n, k=2, buckets=0, max_position=2)  # c in 0..3 of 5 rows
-    return (Q, K, V, C2P, P2CT), T, bias
+    return (Q, K, V, PK, PQ), T, bias
 
 
-def test_flash_with_bias_passes_gradcheck(monkeypatch) -> None:
+def test_the_flash_path_passes_gradcheck(monkeypatch) -> None:
     monkeypatch.setitem(dis.BLOCK_SCORES, "cpu", 2 * 6 * 4)  # blocks of 4 rows: 2 blocks
     inputs, T, bias = small_problem()
     assert torch.autograd.gradcheck(
-        lambda *t: FlashWithBias.apply(*t, T, bias, 0.4), inputs, atol=1e-7
+        lambda *t: dis.BiasedAttention.apply(*t, T, bias, 0.4, 0.0, True), inputs, atol=1e-7
     )
 
 
-def test_blocked_sdpa_with_dropout_passes_gradcheck(monkeypatch) -> None:
+def test_the_blocked_sdpa_path_with_dropout_passes_gradcheck(monkeypatch) -> None:
     """Each block's dropout mask is replayed in backward: with the generator seeded before each
     call, the function is deterministic and its gradient the numerical one."""
     monkeypatch.setitem(dis.BLOCK_SCORES, "cpu", 2 * 6 * 4)
     inputs, T, bias = small_problem()
 
-    def attend(*t):
+    def attend(*t, dropout=0.3):
         torch.manual_seed(7)
-        return dis.BlockedSDPA.apply(*t, T, bias, 0.4, 0.3)
+        return dis.BiasedAttention.apply(*t, T, bias, 0.4, dropout, False)
 
-    out = attend(*inputs)
-    assert (out != dis.BlockedSDPA.apply(*inputs, T, bias, 0.4, 0.0)).any(), "dropout is on"
+    assert (attend(*inputs) != attend(*inputs, dropout=0.0)).any(), "dropout is on"
     assert torch.autograd.gradcheck(attend, inputs, atol=1e-7)
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_the_sdpa_path_never_holds_an_n_by_n_tensor(monkeypatch, dropout: float) -> None:
-    """Memory is O(B h rows n): no tensor of forward or backward reaches B h n n elements (the
-    position tables C2P, P2CT are [B, h, n, 2k], here 2k = 32 << n)."""
+    """Memory is O(B h rows n): no tensor of forward or backward reaches B h n n elements, and no
+    [B, h, n, 2k] position table is held (here 2k = 32 << n: P2CT [B, h, 2k, n] is made once)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Largest(TorchDispatchMode):

@@ -227,25 +227,31 @@ class DisentangledAttention(nn.Module):
         # T [2n-1]: c by offset, into E[rows] (short sequences reach few rows of E)
         rows, T = relative_rows(n, self.k, self.buckets, self.max_position, x.device)
         E = rel_embeddings[rows]  # [<= 2k, D]
-        C2P = P2CT = None
-        if self.c2p:
-            PK = self.heads((self.pos_k_proj or self.k_proj)(E))  # [h, 2k, d]
-            C2P = Q @ (s * PK).transpose(-1, -2)  # [B, h, n, 2k]: s Q_i.PK[c]
-        if self.p2c:
-            PQ = self.heads((self.pos_q_proj or self.q_proj)(E))  # [h, 2k, d]
-            P2CT = (s * PQ) @ K.transpose(-1, -2)  # [B, h, 2k, n]: s K_j.PQ[c]
+        # position keys and queries [h, 2k, d], s folded in (None when the term is off)
+        PK = s * self.heads((self.pos_k_proj or self.k_proj)(E)) if self.c2p else None
+        PQ = s * self.heads((self.pos_q_proj or self.q_proj)(E)) if self.p2c else None
         dropout = self.dropout if self.training else 0.0
         impl = choose_impl(self.impl, x.device.type, self.d, dropout)
         announce(self.impl, impl, x.device.type, self.d, dropout, self.training)
-        if impl == "flex":
-            O = attend_flex(Q, K, V, C2P, P2CT, T, mask, s)
+        if impl == "sdpa":  # the tables are made a block at a time inside
+            bias = padding_bias(mask, B, n, Q)
+            O = attend_sdpa(Q, K, V, PK, PQ, T, bias, s, dropout)
         else:
-            bias = torch.zeros(B, 1, 1, n, device=x.device, dtype=Q.dtype)  # padding keys: -inf
-            if mask is not None:
-                bias.masked_fill_(~mask[:, None, None, :], torch.finfo(Q.dtype).min)
-            attend = attend_eager if impl == "eager" else attend_sdpa
-            O = attend(Q, K, V, C2P, P2CT, T, bias, s, dropout)  # [B, h, n, d]
+            C2P = Q @ PK.transpose(-1, -2) if PK is not None else None  # [B, h, n, 2k]: s Q_i.PK[c]
+            P2CT = PQ @ K.transpose(-1, -2) if PQ is not None else None  # [B, h, 2k, n]: s K_j.PQ[c]
+            if impl == "flex":
+                O = attend_flex(Q, K, V, C2P, P2CT, T, mask, s)
+            else:
+                O = attend_eager(Q, K, V, C2P, P2CT, T, padding_bias(mask, B, n, Q), s, dropout)
         return self.out(O.transpose(1, 2).reshape(B, n, -1))
+
+
+def padding_bias(mask: torch.Tensor | None, B: int, n: int, like: torch.Tensor) -> torch.Tensor:
+    """[B, 1, 1, n]: 0 on real keys, the dtype's lowest value on padding keys."""
+    bias = torch.zeros(B, 1, 1, n, device=like.device, dtype=like.dtype)
+    if mask is not None:
+        bias.masked_fill_(~mask[:, None, None, :], torch.finfo(like.dtype).min)
+    return bias
 
 
 # --- eager: the reference ---------------------------------------------------------------------
@@ -274,13 +280,12 @@ def attend_eager(Q, K, V, C2P, P2CT, T, bias, s: float, dropout: float) -> torch
 # --- sdpa: one gathered bias for SDPA's kernels -----------------------------------------------
 
 
-def attend_sdpa(Q, K, V, C2P, P2CT, T, bias, s: float, dropout: float) -> torch.Tensor:
+def attend_sdpa(Q, K, V, PK, PQ, T, bias, s: float, dropout: float) -> torch.Tensor:
     """scaled_dot_product_attention(Q, K, V, Bias, scale=s) with Bias = c2p + p2c + padding, a
-    block of query rows at a time: on CPU without dropout FlashWithBias (SDPA's flash kernel),
-    otherwise BlockedSDPA (SDPA's kernels with autograd on each block)."""
-    if Q.device.type == "cpu" and dropout == 0 and FLASH_CPU is not None:
-        return FlashWithBias.apply(Q, K, V, C2P, P2CT, T, bias, s)
-    return BlockedSDPA.apply(Q, K, V, C2P, P2CT, T, bias, s, dropout)
+    block of query rows at a time (BiasedAttention): on CPU without dropout SDPA's flash kernel,
+    otherwise SDPA's kernels with autograd on each block."""
+    flash = Q.device.type == "cpu" and dropout == 0 and FLASH_CPU is not None
+    return BiasedAttention.apply(Q, K, V, PK, PQ, T, bias, s, dropout, flash)
 
 
 def block_index(W: torch.Tensor, rows: slice, k2: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,11 +301,11 @@ def block_index(W: torch.Tensor, rows: slice, k2: int) -> tuple[torch.Tensor, to
 
 
 def position_bias(C2P, P2CT, bias, W, rows: slice) -> torch.Tensor:
-    """Bias[i, j] = C2P[i, c(i,j)] + P2CT[c(i,j), j] + bias[j] for i in rows: [B, h, rows, n]."""
+    """Bias[i, j] = C2P[i, c(i,j)] + P2CT[c(i,j), j] + bias[j] for i in rows: [B, h, rows, n].
+    C2P: this block's rows [B, h, rows, 2k]; P2CT: [B, h, 2k, n]; bias: [B, 1, 1, n]."""
     B, n, r = bias.shape[0], W.shape[1], rows.stop - rows.start
     at_c2p, at_p2c = block_index(W, rows, C2P.shape[-1] if C2P is not None else 0)
     A = bias.expand(-1, -1, r, -1)  # [B, 1, rows, n]: padding keys
-    C2P = C2P[:, :, rows] if C2P is not None else None  # [B, h, rows, 2k]
     for table, at in ((C2P, at_c2p), (P2CT, at_p2c)):
         if table is not None:
             h = table.shape[1]
@@ -310,72 +315,19 @@ def position_bias(C2P, P2CT, bias, W, rows: slice) -> torch.Tensor:
 
 
 def add_bias_grad(dC2P, dP2CT, dBias, W, rows: slice) -> None:
-    """The gather's backward for one block: dC2P[i, c(i,j)] += dBias[i, j] and
-    dP2CT[c(i,j), j] += dBias[i, j] for i in rows (dBias: [B*h, rows * n])."""
+    """The gathers' backward for one block: dC2P[i, c(i,j)] += dBias[i, j] (dC2P: this block's
+    rows [B, h, rows, 2k]) and dP2CT[c(i,j), j] += dBias[i, j] (dBias: [B*h, rows * n])."""
     at_c2p, at_p2c = block_index(W, rows, dC2P.shape[-1] if dC2P is not None else 0)
     Bh = dBias.shape[0]
-    if dC2P is not None:
-        target = dC2P[:, :, rows].view(Bh, -1)  # a view: the scatter lands in dC2P
-        target.scatter_add_(-1, at_c2p.view(1, -1).expand(Bh, -1), dBias)
-    if dP2CT is not None:
-        dP2CT.view(Bh, -1).scatter_add_(-1, at_p2c.view(1, -1).expand(Bh, -1), dBias)
+    for table, at in ((dC2P, at_c2p), (dP2CT, at_p2c)):
+        if table is not None:
+            table.view(Bh, -1).scatter_add_(-1, at.view(1, -1).expand(Bh, -1), dBias)
 
 
 def row_blocks(heads: int, n: int, device: torch.device) -> list[slice]:
     """Query rows in blocks of about BLOCK_SCORES scores [B*h, rows, n]."""
     block = max(1, BLOCK_SCORES.get(device.type, BLOCK_SCORES["cpu"]) // (heads * n))
     return [slice(start, min(start + block, n)) for start in range(0, n, block)]
-
-
-class FlashWithBias(torch.autograd.Function):
-    """Attention with the position bias on CPU: SDPA's flash kernel forward, blocked backward.
-
-    SDPA's CPU flash kernel only takes a bias that needs no gradient, so this Function gives the
-    gradients itself. Forward, a block of query rows at a time: Bias = position_bias
-    [B, h, rows, n], and O, L = flash(Q, K, V, Bias), L the log-sum-exp of each row (rows are
-    independent, so blocks give the whole result). Backward, a block at a time, with the block's
-    Bias built again and dS the gradient of the logits:
-        P = exp(s Q K^T + Bias - L),   dV += P^T dO,   dS = P * (dO V^T - rowsum(dO * O)),
-        dQ = s dS K,   dK += s dS^T Q,   dC2P[i, c(i,j)] += dS[i, j],   dP2CT[c(i,j), j] += dS[i, j]
-    """
-
-    @staticmethod
-    def forward(ctx, Q, K, V, C2P, P2CT, T, bias, s):
-        B, h, n, d = Q.shape
-        W = T.flip(0).unfold(0, n, 1)
-        O, L = Q.new_empty(B, h, n, d), Q.new_empty(B, h, n)
-        for rows in row_blocks(B * h, n, Q.device):
-            Bias = position_bias(C2P, P2CT, bias, W, rows)
-            O[:, :, rows], L[:, :, rows] = FLASH_CPU(Q[:, :, rows], K, V, attn_mask=Bias, scale=s)
-        ctx.save_for_backward(Q, K, V, C2P, P2CT, T, bias, O, L)
-        ctx.scale = s
-        return O
-
-    @staticmethod
-    def backward(ctx, dO):
-        Q, K, V, C2P, P2CT, T, bias, O, L = ctx.saved_tensors
-        want_c2p, want_p2c = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
-        B, h, n, d = Q.shape
-        W = T.flip(0).unfold(0, n, 1)
-        delta = (dO * O).sum(-1).reshape(B * h, n, 1)  # rowsum(dO * O) = rowsum(P * dP)
-        # heads folded into the batch: [B*h, n, d], [B*h, n, 1]
-        Qf, Kf, Vf, dOf = (t.contiguous().view(B * h, n, d) for t in (Q, K, V, dO))
-        L = L.reshape(B * h, n, 1)
-        dQ, dK, dV = torch.empty_like(Qf), torch.zeros_like(Kf), torch.zeros_like(Vf)
-        dC2P = torch.zeros_like(C2P) if want_c2p else None  # [B, h, n, 2k]
-        dP2CT = torch.zeros_like(P2CT) if want_p2c else None  # [B, h, 2k, n]
-        for rows in row_blocks(B * h, n, Q.device):
-            Bias = position_bias(C2P, P2CT, bias, W, rows).expand(B, h, -1, -1)
-            Bias = Bias.reshape(B * h, -1, n)  # [B*h, rows, n]
-            P = torch.baddbmm(Bias, Qf[:, rows], Kf.transpose(1, 2), alpha=ctx.scale)
-            P.sub_(L[:, rows]).exp_()  # [B*h, rows, n]
-            dV.baddbmm_(P.transpose(1, 2), dOf[:, rows])
-            dS = torch.baddbmm(delta[:, rows], dOf[:, rows], Vf.transpose(1, 2), beta=-1).mul_(P)
-            dQ[:, rows] = dS @ Kf
-            dK.baddbmm_(dS.transpose(1, 2), Qf[:, rows])
-            add_bias_grad(dC2P, dP2CT, dS.view(B * h, -1), W, rows)
-        dQ, dK, dV = (t.view(B, h, n, d) for t in (dQ.mul_(ctx.scale), dK.mul_(ctx.scale), dV))
-        return dQ, dK, dV, dC2P, dP2CT, None, None, None
 
 
 def rng_state(device: torch.device) -> torch.Tensor:
@@ -389,62 +341,101 @@ def set_rng_state(device: torch.device, state: torch.Tensor) -> None:
         torch.set_rng_state(state)
 
 
-class BlockedSDPA(torch.autograd.Function):
-    """SDPA(Q, K, V, Bias, dropout) a block of query rows at a time, the block's Bias built from the
-    small tables and dropped. Backward builds each block's Bias again, replays the block's dropout
-    mask from the RNG state saved before it (as activation checkpointing does), differentiates
-    SDPA on the block with autograd, and scatters the bias gradient into dC2P and dP2CT once,
-    rather than through a gather's full-size gradient per block."""
+class BiasedAttention(torch.autograd.Function):
+    """Attention with the position bias, a block of query rows at a time, holding neither the
+    [B, h, n, n] bias nor the [B, h, n, 2k] tables: memory O(B h rows n).
+
+    Inputs Q, K, V [B, h, n, d] and the position keys and queries PK, PQ [h, 2k, d] (s folded
+    in). Forward: P2CT = PQ K^T [B, h, 2k, n] once; for each block of rows C2P = Q_rows PK^T
+    [B, h, rows, 2k], Bias = position_bias, O_rows = attention(Q_rows, K, V, Bias), with `flash`
+    SDPA's CPU flash kernel (which returns L, each row's log-sum-exp, and takes a bias that needs
+    no gradient) or else SDPA, whose dropout mask the block's saved RNG state replays in backward.
+    Backward rebuilds P2CT once and each block's C2P and Bias, and gets dS, the gradient of the
+    block's logits: by hand after flash,
+        P = exp(s Q K^T + Bias - L),   dV += P^T dO,   dS = P * (dO V^T - rowsum(dO * O)),
+        dQ = s dS K,   dK += s dS^T Q,
+    else by autograd on the block. Then dC2P[i, c(i,j)] += dS[i, j], dP2CT[c(i,j), j] += dS[i, j],
+    dQ_rows += dC2P PK, dPK += dC2P^T Q_rows; at the end dPQ = dP2CT K, dK += dP2CT^T PQ.
+    """
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, Q, K, V, C2P, P2CT, T, bias, s, dropout):
-        B, h, n, d = Q.shape
+    def forward(ctx, Q, K, V, PK, PQ, T, bias, s, dropout, flash):
+        B, h, n, _ = Q.shape
         W = T.flip(0).unfold(0, n, 1)
+        P2CT = PQ @ K.transpose(-1, -2) if PQ is not None else None  # [B, h, 2k, n]
         O = Q.new_empty(B, h, n, V.shape[-1])
+        L = Q.new_empty(B, h, n) if flash else None
         ctx.states = []
         for rows in row_blocks(B * h, n, Q.device):
-            ctx.states.append(rng_state(Q.device) if dropout > 0 else None)
+            C2P = Q[:, :, rows] @ PK.transpose(-1, -2) if PK is not None else None
             Bias = position_bias(C2P, P2CT, bias, W, rows)
-            O[:, :, rows] = F.scaled_dot_product_attention(
-                Q[:, :, rows], K, V, attn_mask=Bias, dropout_p=dropout, scale=s
-            )
-        ctx.save_for_backward(Q, K, V, C2P, P2CT, T, bias)
-        ctx.scale, ctx.dropout = s, dropout
+            if flash:
+                O[:, :, rows], L[:, :, rows] = FLASH_CPU(
+                    Q[:, :, rows], K, V, attn_mask=Bias, scale=s
+                )
+            else:
+                ctx.states.append(rng_state(Q.device) if dropout > 0 else None)
+                O[:, :, rows] = F.scaled_dot_product_attention(
+                    Q[:, :, rows], K, V, attn_mask=Bias, dropout_p=dropout, scale=s
+                )
+        ctx.save_for_backward(Q, K, V, PK, PQ, T, bias, O if flash else None, L)
+        ctx.scale, ctx.dropout, ctx.flash = s, dropout, flash
         return O
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dO):
-        Q, K, V, C2P, P2CT, T, bias = ctx.saved_tensors
-        want_c2p, want_p2c = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
+        Q, K, V, PK, PQ, T, bias, O, L = ctx.saved_tensors
+        s, flash = ctx.scale, ctx.flash
         B, h, n, _ = Q.shape
         W = T.flip(0).unfold(0, n, 1)
+        P2CT = PQ @ K.transpose(-1, -2) if PQ is not None else None
         dQ, dK, dV = torch.empty_like(Q), torch.zeros_like(K), torch.zeros_like(V)
-        dC2P = torch.zeros_like(C2P) if want_c2p else None
-        dP2CT = torch.zeros_like(P2CT) if want_p2c else None
+        dPK = torch.zeros_like(PK) if PK is not None else None
+        dP2CT = torch.zeros_like(P2CT) if PQ is not None else None
+        delta = (dO * O).sum(-1, keepdim=True) if flash else None  # rowsum(dO * O): [B, h, n, 1]
         now = rng_state(Q.device) if ctx.dropout > 0 else None
         k, v = K.detach().requires_grad_(), V.detach().requires_grad_()
-        for rows, state in zip(row_blocks(B * h, n, Q.device), ctx.states, strict=True):
-            if state is not None:
-                set_rng_state(Q.device, state)
-            with torch.enable_grad():
-                q = Q[:, :, rows].detach().requires_grad_()
-                Bias = position_bias(C2P, P2CT, bias, W, rows).detach()
-                Bias.requires_grad_(want_c2p or want_p2c)
-                o = F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=Bias, dropout_p=ctx.dropout, scale=ctx.scale
-                )
-                inputs = (q, k, v, Bias) if Bias.requires_grad else (q, k, v)
-                grads = torch.autograd.grad(o, inputs, dO[:, :, rows])
-            dQ[:, :, rows] = grads[0]
-            dK += grads[1]
-            dV += grads[2]
-            if Bias.requires_grad:
-                add_bias_grad(dC2P, dP2CT, grads[3].reshape(B * h, -1), W, rows)
+        blocks = row_blocks(B * h, n, Q.device)
+        for rows, state in zip(blocks, ctx.states or [None] * len(blocks), strict=True):
+            Qr, dOr = Q[:, :, rows], dO[:, :, rows]
+            C2P = Qr @ PK.transpose(-1, -2) if PK is not None else None  # [B, h, rows, 2k]
+            Bias = position_bias(C2P, P2CT, bias, W, rows).expand(B, h, -1, -1)
+            if flash:
+                P = torch.matmul(Qr, K.transpose(-1, -2)).mul_(s).add_(Bias)
+                P.sub_(L[:, :, rows, None]).exp_()  # [B, h, rows, n]
+                dV += P.transpose(-1, -2) @ dOr
+                dS = (dOr @ V.transpose(-1, -2)).sub_(delta[:, :, rows]).mul_(P)
+                dQr = (dS @ K).mul_(s)
+                dK += (dS.transpose(-1, -2) @ Qr).mul_(s)
+            else:
+                if state is not None:
+                    set_rng_state(Q.device, state)
+                with torch.enable_grad():
+                    q = Qr.detach().requires_grad_()
+                    Bl = Bias.detach().requires_grad_(PK is not None or PQ is not None)
+                    o = F.scaled_dot_product_attention(
+                        q, k, v, attn_mask=Bl, dropout_p=ctx.dropout, scale=s
+                    )
+                    grads = torch.autograd.grad(o, (q, k, v, Bl) if Bl.requires_grad else (q, k, v), dOr)
+                dQr, dS = grads[0], grads[3] if Bl.requires_grad else None
+                dK += grads[1]
+                dV += grads[2]
+            if dS is not None and (PK is not None or PQ is not None):
+                dC2P = torch.zeros_like(C2P) if PK is not None else None
+                add_bias_grad(dC2P, dP2CT, dS.reshape(B * h, -1), W, rows)
+                if PK is not None:
+                    dQr = dQr + dC2P @ PK
+                    dPK += (dC2P.transpose(-1, -2) @ Qr).sum(0)
+            dQ[:, :, rows] = dQr
         if now is not None:
             set_rng_state(Q.device, now)
-        return dQ, dK, dV, dC2P, dP2CT, None, None, None, None
+        dPQ = None
+        if PQ is not None:
+            dPQ = (dP2CT @ K).sum(0)  # [h, 2k, d]
+            dK += dP2CT.transpose(-1, -2) @ PQ
+        return dQ, dK, dV, dPK, dPQ, None, None, None, None, None
 
 
 # --- flex: FlexAttention, no [n, n] tensor (CUDA) ---------------------------------------------

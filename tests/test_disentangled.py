@@ -497,3 +497,15 @@ def test_the_choice_is_logged_once_per_mode(caplog) -> None:
     lines = [r.message for r in caplog.records if "disentangled attention" in r.message]
     assert lines == ["disentangled attention (eval): impl=auto runs sdpa on cpu (head size 8, "
                      "dropout 0)"]  # fmt: skip
+
+
+def test_the_bias_rows_are_aligned_for_sdpa() -> None:
+    """A bias whose rows are not a multiple of 16 elements apart would be copied by SDPA."""
+    n, k2 = 2001, 8
+    W = relative_index(n, k=4, buckets=0, max_position=4).flip(0).unfold(0, n, 1)
+    C2P, P2CT = torch.randn(2, 3, 5, k2), torch.randn(2, 3, k2, n)
+    bias = torch.zeros(2, 1, 1, n)
+    Bias = dis.position_bias(C2P, P2CT, bias, W, slice(10, 15))
+    assert Bias.shape == (2, 3, 5, n) and Bias.stride(-2) % 16 == 0 and Bias.stride(-1) == 1
+    c = W[n - 1 - 12, 7]  # row i = 12, key j = 7
+    torch.testing.assert_close(Bias[1, 2, 2, 7], C2P[1, 2, 2, c] + P2CT[1, 2, c, 7])

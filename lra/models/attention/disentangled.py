@@ -288,29 +288,40 @@ def attend_sdpa(Q, K, V, PK, PQ, T, bias, s: float, dropout: float) -> torch.Ten
     return BiasedAttention.apply(Q, K, V, PK, PQ, T, bias, s, dropout, flash)
 
 
-def block_index(W: torch.Tensor, rows: slice, k2: int) -> tuple[torch.Tensor, torch.Tensor]:
+ALIGN = 16  # bias rows padded to a multiple of 16 elements: SDPA would copy an unaligned bias
+
+
+def block_index(
+    W: torch.Tensor, rows: slice, k2: int, width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Where c2p and p2c read, for i in rows: (i - rows.start) * 2k + c(i, j) in C2P[:, :, rows]
-    flattened to [rows * 2k], and c(i, j) * n + j in P2CT flattened to [2k * n]. (Flat gathers
-    and scatters run several times faster than 4-d ones.) W = T.flip(0).unfold(0, n, 1):
+    flattened to [rows * 2k], and c(i, j) * n + j in P2CT flattened to [2k * n], as [rows, width]
+    (width >= n: the columns past n read entry 0, and are cut off by the caller's view). (Flat
+    gathers and scatters run several times faster than 4-d ones.) W = T.flip(0).unfold(0, n, 1):
     W[n-1-i, j] = c(i, j)."""
     n = W.shape[1]
     i = torch.arange(rows.start, rows.stop, device=W.device)
     c = W.index_select(0, n - 1 - i)  # [rows, n]: c(i, j)
     at_c2p = torch.add(c, (i - rows.start)[:, None], alpha=k2)
-    return at_c2p, torch.add(torch.arange(n, device=W.device), c, alpha=n)
+    at_p2c = torch.add(torch.arange(n, device=W.device), c, alpha=n)
+    if width is not None and width > n:
+        at_c2p, at_p2c = (F.pad(at, (0, width - n)) for at in (at_c2p, at_p2c))
+    return at_c2p, at_p2c
 
 
 def position_bias(C2P, P2CT, bias, W, rows: slice) -> torch.Tensor:
-    """Bias[i, j] = C2P[i, c(i,j)] + P2CT[c(i,j), j] + bias[j] for i in rows: [B, h, rows, n].
-    C2P: this block's rows [B, h, rows, 2k]; P2CT: [B, h, 2k, n]; bias: [B, 1, 1, n]."""
+    """Bias[i, j] = C2P[i, c(i,j)] + P2CT[c(i,j), j] + bias[j] for i in rows: [B, h, rows, n], a
+    view of rows padded to a multiple of ALIGN. C2P: this block's rows [B, h, rows, 2k]; P2CT:
+    [B, h, 2k, n]; bias: [B, 1, 1, n]."""
     B, n, r = bias.shape[0], W.shape[1], rows.stop - rows.start
-    at_c2p, at_p2c = block_index(W, rows, C2P.shape[-1] if C2P is not None else 0)
+    width = -(-n // ALIGN) * ALIGN
+    at_c2p, at_p2c = block_index(W, rows, C2P.shape[-1] if C2P is not None else 0, width)
     A = bias.expand(-1, -1, r, -1)  # [B, 1, rows, n]: padding keys
     for table, at in ((C2P, at_c2p), (P2CT, at_p2c)):
         if table is not None:
             h = table.shape[1]
             term = table.reshape(B * h, -1).gather(-1, at.view(1, -1).expand(B * h, -1))
-            A = term.view(B, h, r, n).add_(A)
+            A = term.view(B, h, r, width)[..., :n].add_(A)
     return A
 
 

@@ -15,8 +15,8 @@ one H100/H200 (a target: no GPU has run it yet).
                   `choose_impl` refuses it. Then the compiled flex path at several lengths: how
                   many frames torch.compile compiles at each new length.
     bench         `python -m lra.bench --device cuda` at the text shape, n = 1024 and 4096,
-                  called as `lra.bench.efficiency.main(argv)`: steps/s, peak memory and MFU as
-                  the bench computes them (read back from its efficiency.csv).
+                  run as `python -m lra.bench`: steps/s, peak memory and MFU as the bench
+                  computes them (read back from its efficiency.csv).
     cli           the real command line: `python -m lra.train task=T trainer=gpu
                   ++trainer.fast_dev_run=true logger=none` for every task on a few rows in the
                   official layouts (lra.data.samples), and one `trainer=ddp trainer.devices=1`
@@ -40,7 +40,6 @@ import contextlib
 import csv
 import dataclasses
 import gc
-import io
 import json
 import logging
 import os
@@ -117,7 +116,8 @@ GPU = Profile(
     name="gpu", device="cuda", trainer="gpu", ddp_trainer="ddp", overrides=(), budget_s=90,
     warmup_steps=2, timed_steps=3, dtypes=("fp32", "bf16"), mixer_n=256,
     recompile_lengths=(256, 320, 384, 448), bench_lengths=(1024, 4096), bench_models=None,
-    bench_peers=("transformer",), bench=("--batch", "2", "--warmup", "1", "--repeats", "3"),
+    bench_peers=("transformer",),
+    bench=("--batch", "2", "--warmup", "1", "--repeats", "3", "--rounds", "2"),
     cli=("task.optim.batch_size=2",),  # the sample files hold a few rows: a batch must fit them
     cli_jobs=2,
 )  # fmt: skip
@@ -125,7 +125,7 @@ DRY_RUN = Profile(
     name="dry-run", device="cpu", trainer="cpu", ddp_trainer="ddp_sim", overrides=TOY,
     budget_s=60, warmup_steps=1, timed_steps=2, dtypes=("fp32", "bf16"), mixer_n=64,
     recompile_lengths=(), bench_lengths=(32, 64), bench_models=("baseline",), bench_peers=(),
-    bench=("--batch", "2", "--warmup", "0", "--repeats", "1"),
+    bench=("--batch", "2", "--warmup", "0", "--repeats", "1", "--rounds", "1"),
     cli=("task.data.num_workers=0",), cli_jobs=2,
     threads=1,  # toy sizes gain nothing from threads, and OpenMP's spin when others hold the CPU
 )  # fmt: skip
@@ -524,20 +524,17 @@ def disentangled_stage(run: Run) -> list[Point]:
 
 
 def bench_rows(profile: Profile, out: Path) -> list[Row]:
-    """`lra.bench.efficiency.main` as `python -m lra.bench` runs it; its table is in out/bench."""
-    from lra.bench import efficiency
-
+    """`python -m lra.bench` (a command of its own: a process); its table is in out/bench."""
     overrides = [o for o in profile.overrides if not o.startswith("task.max_len=")]  # bench's n
     argv = ["--task", "text", "--device", profile.device,
             "--lengths", *map(str, profile.bench_lengths),
             "--models", *(profile.bench_models or configs("model")),
             "--peers", *profile.bench_peers, *profile.bench, "--out", str(out),
             *overrides]  # fmt: skip
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-        code = efficiency.main(argv)
-    if code != 0:
-        raise RuntimeError(f"lra.bench exited {code}: {printed.getvalue().strip()[-200:]}")
+    proc = subprocess.run([sys.executable, "-m", "lra.bench", *argv], capture_output=True,
+                          text=True)  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"lra.bench exited {proc.returncode}: {proc.stderr.strip()[-200:]}")
     with open(out / "efficiency.csv") as f:
         points = list(csv.DictReader(f))
     rows = []

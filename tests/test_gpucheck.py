@@ -20,15 +20,18 @@ from lra.gpucheck import DRY_RUN, NO_CUDA, Point, Row, main
 
 
 @pytest.mark.slow
-def test_dry_run_passes_every_stage_and_writes_the_table(tmp_path: Path) -> None:
+def test_dry_run_passes_its_stages_and_writes_the_table(tmp_path: Path) -> None:
+    """Every stage but `cli` (eight more processes, a minute here): CI runs the whole dry run,
+    `python -m lra.gpucheck --dry-run` (.ci/run)."""
     out = tmp_path / "gpucheck"
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    here = ["train", "disentangled", "bench"]
     proc = ok(subprocess.run(
-        [sys.executable, "-m", "lra.gpucheck", "--dry-run", "--out", str(out)],
+        [sys.executable, "-m", "lra.gpucheck", "--dry-run", "--stages", *here, "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     ))  # fmt: skip
     assert "| stage | check | status | figure |" in proc.stdout
-    for stage in gpucheck.STAGES:
+    for stage in here:
         assert f"| {stage} |" in proc.stdout
     record = json.loads((out / "gpucheck.json").read_text())
     assert (out / "gpucheck.md").read_text().count("\n| ") == len(record["rows"]) + 1
@@ -42,14 +45,11 @@ def test_dry_run_passes_every_stage_and_writes_the_table(tmp_path: Path) -> None
             assert not train["detail"]["unused"] and not train["detail"]["nonfinite"]
         assert rows[("disentangled", f"sdpa vs eager: {task}")]["status"] == "ok"
         assert rows[("disentangled", f"flex vs eager: {task}")]["status"] == "skip"  # CPU
-        assert rows[("cli", f"train task={task}")]["status"] == "ok"
     assert rows[("train", "text/disentangled")]["detail"]["impls"] == [["sdpa", "sdpa"]]
     assert [r["check"] for r in record["rows"] if r["stage"] == "bench"] == [
         "text n=32 baseline",
         "text n=64 baseline",
     ]
-    ddp = rows[("cli", "trainer=ddp_sim devices=1")]["detail"]
-    assert ddp["results"]["status"] == "finished" and "last.ckpt" in ddp["checkpoints"]
 
 
 def stages(**checks) -> dict:

@@ -21,11 +21,11 @@ from lra.gpucheck import DRY_RUN, NO_CUDA, Point, Row, main
 
 @pytest.mark.slow
 def test_dry_run_passes_its_stages_and_writes_the_table(tmp_path: Path) -> None:
-    """Every stage but `cli` (eight more processes, a minute here): CI runs the whole dry run,
-    `python -m lra.gpucheck --dry-run` (.ci/run)."""
+    """The in-process stages (`bench` and `cli` start a process a point, a minute more here): CI
+    runs the whole dry run, `python -m lra.gpucheck --dry-run` (.ci/run)."""
     out = tmp_path / "gpucheck"
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    here = ["train", "disentangled", "bench"]
+    here = ["train", "disentangled"]
     proc = ok(subprocess.run(
         [sys.executable, "-m", "lra.gpucheck", "--dry-run", "--stages", *here, "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
@@ -46,10 +46,6 @@ def test_dry_run_passes_its_stages_and_writes_the_table(tmp_path: Path) -> None:
         assert rows[("disentangled", f"sdpa vs eager: {task}")]["status"] == "ok"
         assert rows[("disentangled", f"flex vs eager: {task}")]["status"] == "skip"  # CPU
     assert rows[("train", "text/disentangled")]["detail"]["impls"] == [["sdpa", "sdpa"]]
-    assert [r["check"] for r in record["rows"] if r["stage"] == "bench"] == [
-        "text n=32 baseline",
-        "text n=64 baseline",
-    ]
 
 
 def stages(**checks) -> dict:

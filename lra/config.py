@@ -53,12 +53,21 @@ def end_job(run_dir: str) -> None:
     _subdirs.pop(run_dir, None)
 
 
+# module-level functions, not lambdas: pickled by reference into a launcher's jobs
+def vocab_size(family: str) -> int:
+    return TASKS.get(family).vocab_size
+
+
+def num_classes(family: str) -> int:
+    return TASKS.get(family).num_classes
+
+
 def register_resolvers() -> None:
     """`${lra.vocab_size:listops}`, `${lra.num_classes:listops}`, read from the DataModule;
     `${lra.run_dir:...}` and `${lra.hydra_subdir:RUN_DIR}` (see `run_dir`, `hydra_subdir`)."""
     resolvers = {
-        "lra.vocab_size": lambda family: TASKS.get(family).vocab_size,
-        "lra.num_classes": lambda family: TASKS.get(family).num_classes,
+        "lra.vocab_size": vocab_size,
+        "lra.num_classes": num_classes,
         "lra.hydra_subdir": hydra_subdir,
         "lra.run_dir": run_dir,
     }

@@ -14,16 +14,32 @@ import pkgutil
 from collections.abc import Callable
 from typing import Any
 
+_REGISTRIES: dict[str, Registry] = {}
+
+
+def registry(kind: str) -> Registry:
+    """This process's registry of `kind` (how a pickled registry is unpickled)."""
+    return _REGISTRIES[kind]
+
 
 class Registry:
     """Name -> class, filled by `@REGISTRY.register("name")` in the modules of `package`."""
 
     def __init__(self, kind: str, package: str, commands: tuple[str, ...] = ()) -> None:
+        if kind in _REGISTRIES:
+            raise ValueError(f"a {kind} registry exists already: lra.registry has one per kind")
         self.kind = kind
         self.package = package
         self.commands = commands  # modules of the package that are commands: never imported
         self._entries: dict[str, Any] = {}
         self._loaded = False
+        _REGISTRIES[kind] = self
+
+    def __reduce__(self) -> tuple[Callable[[str], Registry], tuple[str]]:
+        """Pickled by name: a copy sent to another process (Hydra's launchers pickle the config's
+        resolvers into every job) is that process's own registry, which its imports fill, not
+        an empty copy of this one."""
+        return registry, (self.kind,)
 
     def register(self, name: str) -> Callable[[Any], Any]:
         def add(obj: Any) -> Any:

@@ -188,3 +188,31 @@ def test_a_row_cut_short_by_a_kill_is_dropped_from_the_history(tmp_path: Path) -
     logger.experiment  # noqa: B018  (creates the writer, which writes the kept rows)
     kept = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
     assert kept == ["epoch,step,train/loss", "0,0,2.5", "0,1,2.4"]
+
+
+def test_registries_and_resolvers_pickle_by_name_into_a_job() -> None:
+    """Hydra's launchers pickle the config's resolvers into every job; a registry copied there
+    by value was empty ("unknown task 'listops'; registered: ." in every job)."""
+    import cloudpickle
+
+    from lra import config
+    from lra.registry import ARCHITECTURES, MIXERS, TASKS
+
+    for registry in (TASKS, MIXERS, ARCHITECTURES):
+        assert cloudpickle.loads(cloudpickle.dumps(registry)) is registry
+    for resolver in (config.vocab_size, config.num_classes, config.run_dir, config.hydra_subdir):
+        assert cloudpickle.loads(cloudpickle.dumps(resolver)) is resolver, "by reference"
+
+
+@pytest.mark.slow
+def test_a_sweep_through_hydras_submitit_launcher_runs_every_job(cli: CLI) -> None:
+    """Hydra's local submitit launcher: each job a process of its own from pickled state, as on
+    SLURM (hydra/launcher=slurm), with no cluster."""
+    sweep = cli.root / "sweep"
+    proc = ok(cli.run("hydra/launcher=submitit_local", "seed=0,1", "logger=csv",
+                      f"hydra.sweep.dir={sweep}", "hydra.launcher.timeout_min=5",
+                      flags=("--multirun",)))  # fmt: skip
+    results = sorted(sweep.glob("*/results.json"))
+    assert len(results) == 2, proc.stderr[-3000:]
+    assert {json.loads(p.read_text())["status"] for p in results} == {"finished"}
+    assert {json.loads(p.read_text())["seed"] for p in results} == {0, 1}

@@ -62,6 +62,12 @@ def num_classes(family: str) -> int:
     return TASKS.get(family).num_classes
 
 
+def cpus_per_task(num_workers: int) -> int:
+    """A SLURM task's CPUs: the training process and its data-loader workers (asking for more
+    than a node has leaves the job pending for ever)."""
+    return int(num_workers) + 1
+
+
 def register_resolvers() -> None:
     """`${lra.vocab_size:listops}`, `${lra.num_classes:listops}`, read from the DataModule;
     `${lra.run_dir:...}` and `${lra.hydra_subdir:RUN_DIR}` (see `run_dir`, `hydra_subdir`)."""
@@ -70,6 +76,7 @@ def register_resolvers() -> None:
         "lra.num_classes": num_classes,
         "lra.hydra_subdir": hydra_subdir,
         "lra.run_dir": run_dir,
+        "lra.cpus_per_task": cpus_per_task,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -166,6 +166,7 @@ def test_slurm_launcher_composes_with_one_task_per_gpu() -> None:
     assert (launcher["nodes"], launcher["gpus_per_node"], launcher["tasks_per_node"]) == (2, 4, 4)
     assert launcher["partition"] == "gpu" and launcher["signal_delay_s"] > 0
     assert launcher["max_num_timeout"] > 0
+    assert launcher["cpus_per_task"] == cfg.task.data.num_workers + 1, "what a task uses"
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert trainer["strategy"] == "ddp" and trainer["num_nodes"] == 2 and trainer["devices"] == 4
     assert trainer["plugins"][0]["requeue_signal"] == "SIGUSR2"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -77,12 +78,21 @@ def output_dir(cfg: DictConfig) -> Path:
         ) from e
 
 
+def requeued() -> bool:
+    """Is this a SLURM job started again (requeued after a time-out, pre-emption or `scontrol
+    requeue`)? SLURM counts the restarts of a job in SLURM_RESTART_COUNT."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+
+
 def find_resume_dir(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """Where `resume=true` (or `ckpt_path=last`) continues from: this run directory, if it has a
-    last.ckpt. (On the command line Hydra's run directory is already the newest earlier run of
-    this name that has one: `lra.config.run_dir`.)"""
+    """Where `resume=true` (or `ckpt_path=last`, or a requeued SLURM job, which needs no flag)
+    continues from: this run directory, if it has a last.ckpt. (On the command line Hydra's run
+    directory is already the newest earlier run of this name that has one: `lra.config.run_dir`;
+    a requeued job runs again in its own.)"""
     if not (cfg.get("resume") or cfg.get("ckpt_path") == "last"):
-        return None
+        if not (requeued() and (run_dir / LAST).exists()):
+            return None
+        log.info("requeued SLURM job (restart %s): resuming", os.environ["SLURM_RESTART_COUNT"])
     if (run_dir / LAST).exists():
         return run_dir
     log.warning("resume: no %s under %s yet; starting afresh", LAST, run_dir)

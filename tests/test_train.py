@@ -204,3 +204,17 @@ def test_wandb_out_of_reach_is_one_clear_error_within_its_timeout(runs: Runs, mo
     with pytest.raises(RuntimeError, match=r"W&B could not start its run .*" + expected):
         runs.train("logger=wandb")
     assert asked["settings"].init_timeout == 30
+
+
+def test_a_requeued_slurm_job_resumes_its_run_without_being_told(runs: Runs, monkeypatch) -> None:
+    """SLURM requeues a job into the same run directory; SLURM_RESTART_COUNT says it is one."""
+    first = runs.train("logger=csv")
+    last = runs.root / "run" / "checkpoints" / "last.ckpt"
+    assert first["resumed_from"] is None and last.exists()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    (runs.root / "run" / "results.json").unlink()  # as if the first attempt was stopped
+    again = runs.train("logger=csv", "trainer.max_steps=8")
+    assert again["resumed_from"] == str(last) and again["steps"] == 8
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    fresh = runs.train("logger=csv", run_dir="other")
+    assert fresh["resumed_from"] is None, "a first attempt starts afresh"

@@ -71,7 +71,7 @@ def test_optuna_sweep_of_two_trials_reports_the_best_value(runs: Runs) -> None:
 
 
 RESUMABLE = [
-    "trainer.max_steps=30",
+    "trainer.max_steps=40",
     "trainer.val_check_interval=10",
     "checkpoint_every_n_steps=5",
     "task.encoder.dropout=0.1",  # dropout masks must be reproduced after the resume too
@@ -90,14 +90,15 @@ def metric_rows(path: Path) -> dict[tuple[int, str], float]:
         }
 
 
-# `python -m lra.train ARGS` that kills itself with SIGKILL inside the validation after step 20,
-# at its second batch: no signal handler, no clean-up, as a node that fails there.
+# `python -m lra.train ARGS` that kills itself with SIGKILL inside the validation after step 30
+# (epoch 1: 16 steps an epoch), at its second batch: no signal handler, no clean-up, as a node
+# that fails there.
 KILLED_IN_VALIDATION = """
 import os, runpy, signal, sys
 import lra.module
 validate = lra.module.LRAClassifier.validation_step
 def validation_step(self, batch, batch_idx):
-    if self.global_step == 20 and batch_idx == 1:
+    if self.global_step == 30 and batch_idx == 1:
         os.kill(os.getpid(), signal.SIGKILL)
     return validate(self, batch, batch_idx)
 lra.module.LRAClassifier.validation_step = validation_step
@@ -107,7 +108,7 @@ runpy.run_module("lra.train", run_name="__main__")
 
 
 def command(runs: Runs, *extra: str, killed: bool = True) -> list[str]:
-    """`python -m lra.train` (killed inside the validation after step 20, or not), in the default
+    """`python -m lra.train` (killed inside the validation after step 30, or not), in the default
     layout: runs under paths.log_dir/runs/NAME/<time>/."""
     start = ["-c", KILLED_IN_VALIDATION] if killed else ["-m", "lra.train"]
     return [
@@ -131,7 +132,8 @@ def test_sigkill_inside_a_validation_then_resume_reaches_exactly_the_uninterrupt
     assert not (run / "results.json").exists()
     last = run / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=False)
-    assert state["global_step"] == 15, "the step before the validation it was killed in"
+    assert state["global_step"] == 25, "the step before the validation it was killed in"
+    assert state["epoch"] == 1, "inside a later epoch: the sampler's epoch must be restored"
 
     # what a user types: the same command with resume=true; it continues in the run's directory
     proc = subprocess.run(command(runs, "resume=true", killed=False), cwd=ROOT, env=env,
@@ -148,13 +150,36 @@ def test_sigkill_inside_a_validation_then_resume_reaches_exactly_the_uninterrupt
     folders = {"straight": runs.root / "straight", "killed": run}
     logged = {name: metric_rows(folder / "csv" / "metrics.csv") for name, folder in folders.items()}
     assert logged["killed"] == logged["straight"], "the CSV history is kept and continued"
-    assert {step for step, _ in logged["straight"]} == set(range(30)), "every step is logged"
+    assert {step for step, _ in logged["straight"]} == set(range(40)), "every step is logged"
 
     wandb_runs = sorted((run / "wandb").glob("offline-run-*"))
     assert len(wandb_runs) == 2
     assert wandb_runs[0].name.split("-")[-1] == wandb_runs[1].name.split("-")[-1]
     stored = (run / "wandb_id").read_text().strip()
     assert read_offline_run(wandb_runs[1])["id"] == stored
+
+
+LATER_EPOCH = ["logger=csv", "task.optim.max_steps=40", "trainer.val_check_interval=10",
+               "checkpoint_every_n_steps=5", "task.encoder.dropout=0.1"]  # fmt: skip
+
+
+def test_a_resume_inside_a_later_epoch_sees_that_epochs_batches(runs: Runs) -> None:
+    """256 rows in batches of 16: 16 steps an epoch, so step 25 is inside epoch 1. Resumed there,
+    the run must draw the rest of epoch 1's order (the sampler's epoch restored), not epoch 0's."""
+    straight = runs.train(*LATER_EPOCH, "trainer.max_steps=40", run_dir="straight")
+    runs.train(*LATER_EPOCH, "trainer.max_steps=25", run_dir="cut")
+    last = runs.root / "cut" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=False)
+    assert (state["global_step"], state["epoch"]) == (25, 1), "the cut is inside epoch 1"
+    resumed = runs.train(*LATER_EPOCH, "trainer.max_steps=40", f"ckpt_path={last}",
+                         run_dir="resumed")  # fmt: skip
+    losses = {name: {step: v for (step, key), v in metric_rows(
+        runs.root / name / "csv" / "metrics.csv").items() if key == "train/loss"}
+        for name in ("straight", "resumed")}  # fmt: skip
+    assert sorted(losses["resumed"]) == list(range(25, 40))
+    assert losses["resumed"] == {s: losses["straight"][s] for s in range(25, 40)}, "same batches"
+    for key in ("val_acc_best", "val_loss", "test_acc", "test_loss"):
+        assert resumed[key] == straight[key], key
 
 
 def test_slurm_launcher_composes_with_one_task_per_gpu() -> None:

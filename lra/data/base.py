@@ -243,8 +243,8 @@ class LRADataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> StatefulDataLoader:
         # Stateful: Lightning saves the loader's position in each checkpoint. Training order is
-        # a function of (seed, epoch) alone (DistributedSampler.set_epoch, called by Lightning),
-        # so a resumed run sees exactly the batches the uninterrupted run would have seen.
+        # a function of (seed, epoch) alone (DistributedSampler.set_epoch), so a resumed run sees
+        # exactly the batches the uninterrupted run would have seen.
         sampler = None
         trainer = getattr(self, "trainer", None)
         on_gpu = trainer is not None and trainer.strategy.root_device.type == "cuda"
@@ -256,6 +256,10 @@ class LRADataModule(pl.LightningDataModule):
                 shuffle=True,
                 seed=self.shuffle_seed,
             )
+            # The epoch is set before Lightning makes the first iterator: on a resume inside a
+            # later epoch, Lightning makes it (and fast-forwards it to the saved position) before
+            # it calls set_epoch, so the rest of that epoch would follow epoch 0's order.
+            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed if trainer else 0)
         return StatefulDataLoader(
             self.splits[split],
             batch_size=self.batch_size,

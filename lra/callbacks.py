@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from lra.cluster import Preempted
 from lra.io import atomic_path
 from lra.models.encoder import PAD_ID
 
@@ -71,28 +73,56 @@ class StepSeed(pl.Callback):
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """`last.ckpt` every n training steps and after every validation. A step that a validation
+    """`last.ckpt` every n training steps, after every validation, and when a SLURM job is
+    signalled (`lra.cluster`: it then stops the run with `Preempted`). A step that a validation
     follows is saved after that validation, never before it: a run killed inside the validation
     then resumes from the step before and runs it again, where a save before it would resume past
-    it and never validate there (Lightning's `save_last` saves both before and after)."""
+    it and never validate there (Lightning's `save_last` saves both before and after).
 
-    def __init__(self, dirpath: str | os.PathLike, every_n_train_steps: int) -> None:
+    It is the one place that knows when saving is safe, so the signals are acted on here; it runs
+    after every other callback (Lightning moves checkpoint callbacks last)."""
+
+    def __init__(
+        self, dirpath: str | os.PathLike, every_n_train_steps: int, signals: Any = None
+    ) -> None:
         super().__init__(
             dirpath=dirpath, save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps
         )
+        self.signals = signals  # lra.cluster.SlurmSignals, or None
+
+    def _signalled(self, trainer: pl.Trainer) -> int:
+        return self.signals.agreed(trainer) if self.signals is not None else 0
+
+    def save_now(self, trainer: pl.Trainer, module: Any) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            getattr(module, "check_finite", lambda: None)()  # never save a diverged run
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: Any, *args: Any, **kw: Any) -> None:
         loop = trainer.fit_loop
+        signum = self._signalled(trainer)
         if loop.epoch_loop._should_check_val_fx(loop._data_fetcher):
+            if signum == signal.SIGTERM:  # no time for the validation: resume before it
+                raise Preempted(signum, trainer.global_step, saved=False)
             return  # a validation runs next: saved in on_validation_end, once it has run
         n = self._every_n_train_steps
         if n > 0 and trainer.global_step % n == 0:
             getattr(module, "check_finite", lambda: None)()  # never save a diverged run
         super().on_train_batch_end(trainer, module, *args, **kw)
+        if signum:
+            self.save_now(trainer, module)
+            raise Preempted(signum, trainer.global_step, saved=True)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any, **kw: Any) -> None:
+        fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
+        if fitting and self._signalled(trainer) == signal.SIGTERM:
+            raise Preempted(signal.SIGTERM, trainer.global_step, saved=False)
 
     def on_validation_end(self, trainer: pl.Trainer, module: Any) -> None:
-        if not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self.save_now(trainer, module)
+        fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
+        if fitting and (signum := self._signalled(trainer)):
+            raise Preempted(signum, trainer.global_step, saved=True)
 
 
 class RunFacts(pl.Callback):

@@ -68,6 +68,20 @@ def cpus_per_task(num_workers: int) -> int:
     return int(num_workers) + 1
 
 
+GPU_ACCELERATORS = ("gpu", "cuda", "auto")  # auto: a SLURM job asks for GPUs; trainer=cpu not
+
+
+def gpus_per_node(accelerator: str, devices: int) -> int | None:
+    """A SLURM job's GPUs per node: one per device, or none for a CPU trainer (`trainer=cpu`)."""
+    return int(devices) if str(accelerator) in GPU_ACCELERATORS else None
+
+
+def mem_gb(accelerator: str, devices: int) -> int:
+    """A SLURM job's memory per node: 16 GB per GPU, 4 GB for a CPU job (one process). Small
+    enough for a small node; `hydra.launcher.mem_gb=N` sets it."""
+    return 16 * int(devices) if str(accelerator) in GPU_ACCELERATORS else 4
+
+
 def register_resolvers() -> None:
     """`${lra.vocab_size:listops}`, `${lra.num_classes:listops}`, read from the DataModule;
     `${lra.run_dir:...}` and `${lra.hydra_subdir:RUN_DIR}` (see `run_dir`, `hydra_subdir`)."""
@@ -77,6 +91,8 @@ def register_resolvers() -> None:
         "lra.hydra_subdir": hydra_subdir,
         "lra.run_dir": run_dir,
         "lra.cpus_per_task": cpus_per_task,
+        "lra.gpus_per_node": gpus_per_node,
+        "lra.mem_gb": mem_gb,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

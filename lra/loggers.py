@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from lra.io import atomic_path, write_text
+
+log = logging.getLogger(__name__)
 
 
 def wandb_group(cfg: DictConfig) -> str | None:
@@ -143,7 +146,35 @@ def log_run_facts(loggers: list[Logger], config: dict[str, Any], params: dict[st
 
 
 def close_wandb(failed: bool) -> None:
+    """Close the W&B run, if one is open. An error closing it (W&B's process gone) is logged,
+    never raised: it must not replace the run's own outcome."""
     import wandb
 
-    if wandb.run is not None:
+    if wandb.run is None:
+        return
+    try:
         wandb.finish(exit_code=1 if failed else 0)
+    except Exception as e:
+        log.warning("W&B run not closed cleanly: %s: %s", type(e).__name__, e)
+
+
+def detach_wandb() -> None:
+    """A signalled SLURM job's W&B run: marked pre-empted and closed, so that the requeued job
+    resumes it (same id) and nothing of the old process raises later. If W&B's own process was
+    killed with the job (SIGTERM reaches every process of the job), what it had written stays;
+    the error is logged, not raised."""
+    import wandb
+
+    if wandb.run is None:
+        return
+    try:
+        wandb.mark_preempting()
+    except Exception as e:
+        log.warning("W&B run not marked pre-empted (%s: %s): its process was stopped with the job",
+                    type(e).__name__, e)  # fmt: skip
+    close_wandb(failed=True)  # a non-zero exit after mark_preempting: W&B shows it pre-empted
+    if wandb.run is not None:  # its process is gone: forget the run, so nothing retries it
+        try:
+            wandb.teardown(exit_code=1)
+        except Exception as e:
+            log.warning("W&B teardown failed: %s: %s", type(e).__name__, e)

@@ -32,10 +32,11 @@ from lra.callbacks import (
     TokenThroughput,
     check_checkpoint,
 )
+from lra.cluster import Preempted, SlurmSignals, requeue, with_slurm_environment
 from lra.config import CONF_DIR, LAST, end_job
 from lra.console import print_config_tree, print_summary
 from lra.io import write_json
-from lra.loggers import build_loggers, close_wandb, log_run_facts
+from lra.loggers import build_loggers, close_wandb, detach_wandb, log_run_facts
 from lra.matching import match_parameters, matched_facts
 from lra.memory import check_run
 from lra.models.classifier import count_parameters
@@ -117,15 +118,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     `status: finished`. A run that fails (a non-finite loss, bad data, any error) or is interrupted
     (SIGTERM, Ctrl-C) writes results.json with `status: failed` or `interrupted`, the reason and no
     metrics, and ends in an error: the exception goes on, and SIGTERM exits 143 (Lightning's own
-    SIGTERM exit would be 0). The W&B run is closed on the way out, failed or not, so a sweep's
-    next job opens its own."""
+    SIGTERM exit would be 0). A signalled SLURM job (`lra.cluster`) saves last.ckpt first, and
+    after a warning signal is requeued (`status: requeued`). The W&B run is closed on the way
+    out, failed or not, so a sweep's next job opens its own; a signalled job's is marked
+    pre-empted, and its requeued job resumes it."""
     record: dict[str, Any] = {}  # what is known of the run so far, for a results.json on failure
-    failed = True
+    failed, detached = True, False
     try:
         results = fit_and_test(cfg, record)
         failed = False
         return results
     except BaseException as e:
+        signals = record.get("signals")
+        if signals is not None and signals.received and not isinstance(e, Preempted):
+            # an error after the signal (W&B's process killed with the job, say) is the signal's
+            step = record["trainer"].global_step if "trainer" in record else 0
+            e = Preempted(signals.received, step, saved=False)
+        if isinstance(e, Preempted):
+            detached = True
+            preempted(e, record)  # exits
         if isinstance(e, SystemExit) and not e.code and not isinstance(e, SIGTERMException):
             raise  # a clean exit is no failure
         try:
@@ -136,7 +147,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             raise SystemExit(128 + signal.SIGTERM) from e
         raise
     finally:
-        close_wandb(failed)
+        if not detached:
+            close_wandb(failed)
+
+
+def preempted(e: Preempted, record: dict[str, Any]) -> None:
+    """A signalled SLURM job stops: results.json says so, W&B is detached, and after a warning
+    the job is requeued. Exits (SystemExit); raises if the job cannot be requeued."""
+    log.warning("%s", e)
+    try:
+        record_failure(record, "requeued" if e.warning else "interrupted", str(e))
+    except Exception:
+        log.exception("could not write results.json for the signalled run")
+    detach_wandb()
+    if e.warning:
+        try:
+            requeue(record["signals"], e)  # under submitit: requeues and exits
+        except Exception as err:  # out of requeues (submitit), or scontrol failed
+            record_failure(record, "failed", f"{e}; not requeued: {err}")
+            raise
+    raise SystemExit(128 + e.signum) from e
 
 
 def outcome(e: BaseException) -> tuple[str, str]:
@@ -154,16 +184,15 @@ def record_failure(record: dict[str, Any], status: str, reason: str) -> None:
     """results.json of a run that did not finish: who it was, how far it got, why it stopped."""
     if "run_dir" not in record or record.get("done") or rank_zero_only.rank != 0:
         return  # nothing known yet, a finished run's results (never overwritten), or not rank 0
-    trainer = record.pop("trainer", None)
+    trainer = record.get("trainer")
     results = {
-        **record,
+        **{k: v for k, v in record.items() if k not in ("trainer", "signals", "started")},
         "status": status,
         "reason": reason,
         **dict.fromkeys(MEASURED, None),
         "steps": trainer.global_step if trainer is not None else 0,
         "wall_seconds": time.time() - record["started"],
     }
-    del results["started"]
     write_json(Path(record["run_dir"]) / "results.json", results)
     print_summary(results)
 
@@ -218,17 +247,21 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
     )
     # last.ckpt on its own clock (Lightning refreshes `save_last` only when a best is saved),
     # after `best` in the callback list, so it holds best's state after each validation.
-    last = LastCheckpoint(run_dir / "checkpoints", every_n_train_steps=cfg.checkpoint_every_n_steps)
+    signals = record["signals"] = SlurmSignals()  # owns the job's signals under SLURM
+    last = LastCheckpoint(run_dir / "checkpoints", cfg.checkpoint_every_n_steps, signals)
     throughput = TokenThroughput()
     resume_step = int(checkpoint["global_step"]) if resume_dir and checkpoint else 0
     loggers = build_loggers(cfg, run_dir, resume_dir, resume_step)
     log_run_facts(loggers, config, params)
-    callbacks: list[pl.Callback] = [best, last, throughput, StepSeed(cfg.seed), RunFacts(stamp)]
+    callbacks: list[pl.Callback] = [best, last, signals, throughput, StepSeed(cfg.seed),
+                                     RunFacts(stamp)]  # fmt: skip
     if cfg.trainer.get("enable_progress_bar", True):  # each refresh waits for the device
         callbacks.append(RichProgressBar(refresh_rate=cfg.trainer.get("log_every_n_steps", 50)))
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    plugins = [hydra.utils.instantiate(p) for p in cfg.trainer.get("plugins") or []]
+    plugins = with_slurm_environment(
+        [hydra.utils.instantiate(p) for p in cfg.trainer.get("plugins") or []]
+    )
     strategy = strategy_for(cfg, module.net)
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=run_dir,

@@ -25,10 +25,13 @@ it requeues, and the requeued job finds the finished fit and tests again.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytorch_lightning as pl
@@ -150,3 +153,50 @@ def requeue(signals: SlurmSignals, e: Preempted) -> None:
     if done.returncode:
         raise RuntimeError(f"scontrol requeue {job} failed: {done.stderr.strip()}")
     log.info("SLURM job %s requeued", job)
+
+
+# --- DDP worker processes of a local sweep ---------------------------------------------------
+JOB_ENV = "LRA_DDP_JOB"  # the job a DDP worker process belongs to: its overrides and directory
+_LIGHTNING_ARGS = ("hydra.run.dir=", "hydra.job.name=", "hydra.output_subdir=")
+
+
+def note_job_for_workers(overrides: list[str], output_dir: str) -> None:
+    """Before `trainer.fit` of a multirun job: Lightning starts each local DDP worker as
+    `python -m lra.train <this process's argv> hydra.run.dir=...`, and that argv is the whole
+    sweep (`-m`, `seed=0,1,2`): every worker would run the sweep again. The job's own overrides
+    and directory go to the workers in their environment, for `worker_argv`."""
+    os.environ[JOB_ENV] = json.dumps({"overrides": list(overrides), "dir": output_dir})
+
+
+def worker_argv(argv: list[str]) -> list[str]:
+    """A local DDP worker's command line (LOCAL_RANK > 0, started by Lightning from a multirun
+    job): that one job's overrides in its run directory, not the sweep. Else `argv` as it is."""
+    job = os.environ.get(JOB_ENV)
+    if not job or os.environ.get("LOCAL_RANK", "0") == "0":
+        return argv
+    job = json.loads(job)
+    kept = [a for a in argv[1:] if a.startswith(_LIGHTNING_ARGS[1:])]
+    return [argv[0], *job["overrides"], f"hydra.run.dir={job['dir']}", *kept]
+
+
+# what Lightning's DDP launcher sets in the environment of the process that starts the workers
+DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", JOB_ENV)
+
+
+@contextmanager
+def one_ddp_job() -> Iterator[None]:
+    """One job of a local multirun: afterwards the process is as before it for the next job.
+    Lightning's DDP launcher leaves LOCAL_RANK and the rest in the environment, and the next
+    job then takes itself for a worker started by someone else and starts none: it waits for
+    ranks that never come. The process group goes too."""
+    saved = {key: os.environ.get(key) for key in DDP_ENV}
+    try:
+        yield
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
@@ -32,7 +34,15 @@ from lra.callbacks import (
     TokenThroughput,
     check_checkpoint,
 )
-from lra.cluster import Preempted, SlurmSignals, requeue, with_slurm_environment
+from lra.cluster import (
+    Preempted,
+    SlurmSignals,
+    note_job_for_workers,
+    one_ddp_job,
+    requeue,
+    with_slurm_environment,
+    worker_argv,
+)
 from lra.config import CONF_DIR, LAST, end_job
 from lra.console import print_config_tree, print_summary
 from lra.io import write_json
@@ -280,6 +290,8 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
         log.info("memory: about %.1f GiB of %.1f GiB free at a per-device batch of %d", peak,
                  est.free / 2**30, batch)  # fmt: skip
 
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        note_job_for_workers(HydraConfig.get().overrides.task, str(run_dir))
     t_fit = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.time() - t_fit
@@ -330,6 +342,9 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
 def main(cfg: DictConfig) -> float | None:
     """The value of `optimized_metric`, for a Hydra sweeper (Optuna)."""
     try:
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            with one_ddp_job():  # the sweep's next job starts its own DDP workers
+                return train(cfg)[optimized_field(cfg)]
         return train(cfg)[optimized_field(cfg)]
     finally:
         if HydraConfig.initialized():  # a sweeper calls main; a test may call main.__wrapped__
@@ -337,4 +352,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv = worker_argv(sys.argv)  # a DDP worker of a sweep's job runs that job, not the sweep
     main()

@@ -136,7 +136,7 @@ class CLI:
         env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONHASHSEED": "0",
                **(env or {})}  # fmt: skip
         return subprocess.run(
-            args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **popen
+            args, cwd=ROOT, env=env, capture_output=True, text=True, **{"timeout": 600, **popen}
         )
 
     def results(self, run_dir: str = "run") -> dict[str, Any]:

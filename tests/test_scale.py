@@ -33,6 +33,21 @@ def test_ddp_sim_trains_and_tests_and_only_rank_zero_writes(cli: CLI) -> None:
     assert len(list((cli.root / "run" / "wandb").glob("offline-run-*"))) == 1
 
 
+@pytest.mark.slow
+def test_a_local_sweep_of_ddp_jobs_runs_each_job_once(cli: CLI) -> None:
+    """Lightning starts a DDP worker with the command line of its parent, here the whole sweep:
+    the worker must run its job (`lra.cluster.worker_argv`), not the sweep again."""
+    sweep = cli.root / "sweep"
+    ok(cli.run("trainer=ddp_sim", "seed=0,1", f"hydra.sweep.dir={sweep}", flags=("-m",),
+               timeout=180))  # fmt: skip
+    jobs = sorted(p.parent for p in sweep.glob("*/results.json"))
+    assert [json.loads((j / "results.json").read_text())["seed"] for j in jobs] == [0, 1]
+    assert all(json.loads((j / "results.json").read_text())["steps"] == 4 for j in jobs)
+    assert [len(list((j / "wandb").glob("offline-run-*"))) for j in jobs] == [1, 1]
+    assert {p.name for p in sweep.iterdir()} == {j.name for j in jobs} | {"multirun.yaml"}
+    assert not (cli.root / "outputs").exists(), "no worker ran a job of its own elsewhere"
+
+
 def test_a_2x2_multirun_gives_4_runs_in_one_wandb_group(runs: Runs) -> None:
     sweep = runs.root / "sweep"
     runs.command_line("-m", "seed=0,1", "task.optim.lr=0.001,0.002", f"hydra.sweep.dir={sweep}")
@@ -201,7 +216,18 @@ def test_slurm_launcher_composes_with_one_task_per_gpu() -> None:
     from lra.cluster import slurm_environment
 
     env = slurm_environment("SIGUSR2")
-    assert env.auto_requeue and env.requeue_signal == signal.SIGUSR2
+    assert not env.auto_requeue, "lra.cluster.SlurmSignals owns the signals, not Lightning"
+    assert env.requeue_signal == signal.SIGUSR2
+    assert launcher["mem_gb"] == 64, "16 GB per GPU"
+
+
+def test_slurm_launcher_for_cpu_nodes_asks_for_no_gpus_and_a_small_node() -> None:
+    cfg = compose(["hydra/launcher=slurm", "trainer=cpu", "task.data.num_workers=1"],
+                  return_hydra_config=True)  # fmt: skip
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["gpus_per_node"] is None, "trainer=cpu: no --gpus-per-node"
+    assert (launcher["nodes"], launcher["tasks_per_node"], launcher["cpus_per_task"]) == (1, 1, 2)
+    assert launcher["mem_gb"] == 4
 
 
 def test_a_row_cut_short_by_a_kill_is_dropped_from_the_history(tmp_path: Path) -> None:

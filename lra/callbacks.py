@@ -111,6 +111,8 @@ class LastCheckpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, module, *args, **kw)
         if signum:
             self.save_now(trainer, module)
+            # this step's metrics: Lightning logs them after this hook, which the stop skips
+            trainer._logger_connector.update_train_step_metrics()
             raise Preempted(signum, trainer.global_step, saved=True)
 
     def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any, **kw: Any) -> None:

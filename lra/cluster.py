@@ -71,6 +71,23 @@ def slurm_job() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
+def cap_threads() -> None:
+    """A SLURM task computes on the CPUs it was given (SLURM_CPUS_PER_TASK): torch would start a
+    thread on every core of the node, and tasks sharing a node would slow each other down many
+    times over (measured: 3 steps/s for two tasks on two cores, against 40 for one)."""
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cpus and cpus.isdigit() and 0 < int(cpus) < torch.get_num_threads():
+        torch.set_num_threads(int(cpus))
+
+
+def slurm_facts() -> dict[str, Any] | None:
+    """For results.json: the SLURM job, and how often it was started again (None outside)."""
+    job = slurm_job()
+    if job is None:
+        return None
+    return {"job_id": job, "restarts": int(os.environ.get("SLURM_RESTART_COUNT") or 0)}
+
+
 class Preempted(BaseException):
     """Raised at a batch boundary after a SLURM job was signalled: the run stops there.
     A BaseException, so that no `except Exception` on the way mistakes it for a failure."""
@@ -85,6 +102,14 @@ class Preempted(BaseException):
         return self.signum in WARNINGS
 
 
+_noted: list[int] = []  # the signals the job's handler noted since training started
+
+
+def signalled() -> bool:
+    """Has this SLURM job been signalled while it trains? (Then W&B's process may be gone.)"""
+    return bool(_noted)
+
+
 class SlurmSignals(pl.Callback):
     """The owner of SIGUSR1, SIGUSR2 and SIGTERM while a SLURM job trains (the table above).
     Outside SLURM it installs nothing, and Ctrl-C and SIGTERM behave as on any machine."""
@@ -96,12 +121,14 @@ class SlurmSignals(pl.Callback):
         self.active = slurm_job() is not None
 
     def _note(self, signum: int, frame: Any) -> None:
+        _noted.append(signum)
         if _RANK[signum] > _RANK[self.received]:
             self.received = signum
 
     def on_train_start(self, trainer: pl.Trainer, module: Any) -> None:
         if not self.active or self._previous:
             return
+        _noted.clear()
         for signum in OWNED:  # after Lightning registered its own, at the start of fit
             self._previous[signum] = signal.signal(signum, self._note)
         for signum in WARNINGS:

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from lra.cluster import signalled
 from lra.io import atomic_path, write_text
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,22 @@ class ContinuedCSVLogger(CSVLogger):
         return writer
 
 
+class JobWandbLogger(WandbLogger):
+    """Lightning's W&B logger, for a run that may be a signalled SLURM job: SIGTERM reaches every
+    process of the job, W&B's own too, and a metric logged after that raises ("Connection
+    lost") before the run reaches the step's end, where it saves its checkpoint. Once the job is
+    signalled (`lra.cluster.signalled`), a metric W&B cannot take is dropped, not raised."""
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        try:
+            super().log_metrics(metrics, step)
+        except Exception as e:
+            if not signalled():
+                raise
+            log.warning("W&B is gone with the signalled job (%s: %s): metrics of step %s dropped",
+                        type(e).__name__, e, step)  # fmt: skip
+
+
 def start_wandb(logger: WandbLogger, w: DictConfig) -> Any:
     """The logger's W&B run, started now; a server out of reach is one clear error."""
     from wandb.errors import CommError, UsageError
@@ -105,7 +122,7 @@ def build_loggers(
             write_text(run_dir / WANDB_ID_FILE, run_id + "\n")
         import wandb
 
-        logger = WandbLogger(
+        logger = JobWandbLogger(
             settings=wandb.Settings(init_timeout=float(w.get("init_timeout", 90))),
             id=run_id,
             resume="allow",

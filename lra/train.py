@@ -37,9 +37,11 @@ from lra.callbacks import (
 from lra.cluster import (
     Preempted,
     SlurmSignals,
+    cap_threads,
     note_job_for_workers,
     one_ddp_job,
     requeue,
+    slurm_facts,
     with_slurm_environment,
     worker_argv,
 )
@@ -216,6 +218,7 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
     record.update(started=t_start, run_name=cfg.run_name, run_dir=str(run_dir), task=cfg.task.name,
                   model=cfg.model.name, seed=cfg.seed)  # fmt: skip
     pl.seed_everything(cfg.seed, workers=True)
+    cap_threads()  # a SLURM task: its own CPUs, not the node's
 
     resume_dir = find_resume_dir(cfg, run_dir)
     ckpt_path = str(resume_dir / LAST) if resume_dir else cfg.get("ckpt_path")
@@ -241,7 +244,7 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
     params = {**matched_facts(cfg), **count_parameters(module.net)}
     config = OmegaConf.to_container(cfg, resolve=True)
     config["per_device_batch"] = datamodule.batch_size
-    record.update(params=params, resumed_from=ckpt_path, config=config)
+    record.update(params=params, resumed_from=ckpt_path, config=config, slurm=slurm_facts())
     stamp = {"task": cfg.task.name, "model": cfg.model.name, "total": params["total"]}
     checkpoint = None  # memory-mapped: the weights are not read here
     if ckpt_path is not None:
@@ -326,6 +329,7 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
         "test_majority_rate": datamodule.majority_rate("test"),
         "steps": trainer.global_step,
         "resumed_from": ckpt_path,
+        "slurm": record["slurm"],
         "fit_seconds": fit_seconds,
         "wall_seconds": time.time() - t_start,
         "train_tokens_per_s": throughput.tokens_per_s,

@@ -74,10 +74,16 @@ class StepSeed(pl.Callback):
 
 class LastCheckpoint(ModelCheckpoint):
     """`last.ckpt` every n training steps, after every validation, and when a SLURM job is
-    signalled (`lra.cluster`: it then stops the run with `Preempted`). A step that a validation
-    follows is saved after that validation, never before it: a run killed inside the validation
-    then resumes from the step before and runs it again, where a save before it would resume past
-    it and never validate there (Lightning's `save_last` saves both before and after).
+    signalled (`lra.cluster`: it then stops the run with `Preempted`).
+
+    - A step that a validation follows is saved after that validation, never before it: a run
+      killed inside the validation then resumes from the step before and runs it again, where a
+      save before it would resume past it and never validate there (Lightning's `save_last`
+      saves both before and after).
+    - Nothing is saved at the last step of an epoch: what is due there is saved one step later.
+      Lightning (2.6) resumes a checkpoint of an epoch's last step, or of its end, with the data
+      order of the wrong epoch (measured: a resumed run's loss drifts from the uninterrupted
+      one's), and resumes a checkpoint from inside an epoch exactly.
 
     It is the one place that knows when saving is safe, so the signals are acted on here; it runs
     after every other callback (Lightning moves checkpoint callbacks last)."""
@@ -89,11 +95,17 @@ class LastCheckpoint(ModelCheckpoint):
             dirpath=dirpath, save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps
         )
         self.signals = signals  # lra.cluster.SlurmSignals, or None
+        self._due = False  # a save waits for a step that is not the last of its epoch
 
     def _signalled(self, trainer: pl.Trainer) -> int:
         return self.signals.agreed(trainer) if self.signals is not None else 0
 
+    @staticmethod
+    def _last_batch(trainer: pl.Trainer) -> bool:
+        return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+
     def save_now(self, trainer: pl.Trainer, module: Any) -> None:
+        self._due = False
         if not self._should_skip_saving_checkpoint(trainer):
             getattr(module, "check_finite", lambda: None)()  # never save a diverged run
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
@@ -106,11 +118,12 @@ class LastCheckpoint(ModelCheckpoint):
                 raise Preempted(signum, trainer.global_step, saved=False)
             return  # a validation runs next: saved in on_validation_end, once it has run
         n = self._every_n_train_steps
-        if n > 0 and trainer.global_step % n == 0:
-            getattr(module, "check_finite", lambda: None)()  # never save a diverged run
-        super().on_train_batch_end(trainer, module, *args, **kw)
-        if signum:
+        self._due |= n > 0 and trainer.global_step % n == 0
+        if self._last_batch(trainer):
+            return  # saved (and any signal acted on) at the next step
+        if self._due or signum:
             self.save_now(trainer, module)
+        if signum:
             # this step's metrics: Lightning logs them after this hook, which the stop skips
             trainer._logger_connector.update_train_step_metrics()
             raise Preempted(signum, trainer.global_step, saved=True)
@@ -121,8 +134,11 @@ class LastCheckpoint(ModelCheckpoint):
             raise Preempted(signal.SIGTERM, trainer.global_step, saved=False)
 
     def on_validation_end(self, trainer: pl.Trainer, module: Any) -> None:
-        self.save_now(trainer, module)
         fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
+        if fitting and self._last_batch(trainer):
+            self._due = True  # saved (and any signal acted on) at the next step
+            return
+        self.save_now(trainer, module)
         if fitting and (signum := self._signalled(trainer)):
             raise Preempted(signum, trainer.global_step, saved=True)
 

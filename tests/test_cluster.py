@@ -71,30 +71,24 @@ def test_sigterm_in_a_slurm_job_saves_the_step_then_the_requeued_job_ends_as_if_
     assert not slurm_job.exists(), "SIGTERM: SLURM requeues the job (or not), not the run"
     assert {s: signal.getsignal(s) for s in OWNED} == before, "handlers put back"
 
-    monkeypatch.undo()  # no more signals; the job is started again by SLURM
-    monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    resumed = runs.train(*STEADY)
-    assert resumed["resumed_from"] == str(run / "checkpoints" / "last.ckpt")
-    monkeypatch.delenv("SLURM_JOB_ID")
-    monkeypatch.delenv("SLURM_RESTART_COUNT")
-    straight = runs.train(*STEADY, run_dir="straight")
-    for key in ("steps", "val_acc_best", "val_loss", "test_acc", "test_loss"):
-        assert resumed[key] == straight[key], key
+    assert_resumes_as_if_never_stopped(runs, monkeypatch)
 
 
+@pytest.mark.parametrize("step", [12, 15], ids=["mid-epoch", "last-batch-of-an-epoch"])
 def test_the_time_limit_warning_saves_and_requeues_the_job(
-    runs: Runs, slurm_job: Path, monkeypatch
+    runs: Runs, slurm_job: Path, monkeypatch, step: int
 ) -> None:
-    signal_at(monkeypatch, signal.SIGUSR2, step=12)
+    signal_at(monkeypatch, signal.SIGUSR2, step=step)  # 16 steps an epoch
     with pytest.raises(SystemExit) as stopped:
         runs.train(*STEADY)
     assert stopped.value.code == 128 + signal.SIGUSR2
     assert slurm_job.read_text() == "requeue 4242\n"
-    assert saved_step(runs.root / "run") == 13
+    saved = step + 1 if step != 15 else step + 2  # an epoch's last step: saved at the next
+    assert saved_step(runs.root / "run") == saved
     r = runs.results()
     assert r["status"] == "requeued", "a requeued run is not finished, and not a failure"
-    assert r["reason"] == "SLURM job 4242: SIGUSR2; last.ckpt saved at step 13"
+    assert r["reason"] == f"SLURM job 4242: SIGUSR2; last.ckpt saved at step {saved}"
+    assert_resumes_as_if_never_stopped(runs, monkeypatch)
 
 
 def test_a_warning_before_a_validation_lets_it_run_then_saves_after_it(
@@ -108,6 +102,24 @@ def test_a_warning_before_a_validation_lets_it_run_then_saves_after_it(
                  if key == "val/acc"}  # fmt: skip
     assert validated == {9}, "the validation after step 10 ran (logged at its last step, 9)"
     assert runs.results()["reason"] == "SLURM job 4242: SIGUSR2; last.ckpt saved at step 10"
+    assert_resumes_as_if_never_stopped(runs, monkeypatch)
+
+
+def assert_resumes_as_if_never_stopped(runs: Runs, monkeypatch) -> None:
+    """The job started again by SLURM ends with the uninterrupted run's metrics and losses."""
+    monkeypatch.undo()
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    resumed = runs.train(*STEADY)
+    assert resumed["slurm"] == {"job_id": "4242", "restarts": 1}
+    assert resumed["resumed_from"] == str(runs.root / "run" / "checkpoints" / "last.ckpt")
+    monkeypatch.delenv("SLURM_JOB_ID")
+    monkeypatch.delenv("SLURM_RESTART_COUNT")
+    straight = runs.train(*STEADY, run_dir="straight")
+    for key in ("steps", "val_acc_best", "val_loss", "test_acc", "test_loss"):
+        assert resumed[key] == straight[key], key
+    logged = {d: metric_rows(runs.root / d / "csv" / "metrics.csv") for d in ("run", "straight")}
+    assert logged["run"] == logged["straight"], "every step's losses, logged once"
 
 
 def test_sigterm_inside_a_validation_drops_it_and_keeps_the_last_checkpoint(
@@ -120,6 +132,7 @@ def test_sigterm_inside_a_validation_drops_it_and_keeps_the_last_checkpoint(
     assert saved_step(runs.root / "run") == 5, "the step-10 save comes after its validation"
     r = runs.results()
     assert r["reason"] == "SLURM job 4242: SIGTERM; resumes from the last last.ckpt"
+    assert_resumes_as_if_never_stopped(runs, monkeypatch)
 
 
 def test_outside_slurm_sigterm_is_an_interruption_as_before(runs: Runs, monkeypatch) -> None:

@@ -175,24 +175,34 @@ def test_sigkill_inside_a_validation_then_resume_reaches_exactly_the_uninterrupt
 
 
 LATER_EPOCH = ["logger=csv", "task.optim.max_steps=40", "trainer.val_check_interval=10",
-               "checkpoint_every_n_steps=5", "task.encoder.dropout=0.1"]  # fmt: skip
+               "task.encoder.dropout=0.1"]  # fmt: skip
 
 
-def test_a_resume_inside_a_later_epoch_sees_that_epochs_batches(runs: Runs) -> None:
+@pytest.mark.parametrize(
+    ("every", "cut", "saved"),
+    [(5, 25, 25), (16, 19, 17)],  # 16: due at the last step of epoch 0, saved one step later
+    ids=["inside-epoch-1", "due-at-an-epochs-end"],
+)
+def test_a_resume_inside_a_later_epoch_sees_that_epochs_batches(
+    runs: Runs, every: int, cut: int, saved: int
+) -> None:
     """256 rows in batches of 16: 16 steps an epoch, so step 25 is inside epoch 1. Resumed there,
-    the run must draw the rest of epoch 1's order (the sampler's epoch restored), not epoch 0's."""
-    straight = runs.train(*LATER_EPOCH, "trainer.max_steps=40", run_dir="straight")
-    runs.train(*LATER_EPOCH, "trainer.max_steps=25", run_dir="cut")
+    the run must draw the rest of epoch 1's order (the sampler's epoch restored), not epoch 0's.
+    A checkpoint of an epoch's last step is resumed by Lightning in the wrong epoch's order, so
+    LastCheckpoint saves it one step later."""
+    common = [*LATER_EPOCH, f"checkpoint_every_n_steps={every}"]
+    straight = runs.train(*common, "trainer.max_steps=40", run_dir="straight")
+    runs.train(*common, f"trainer.max_steps={cut}", run_dir="cut")
     last = runs.root / "cut" / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=False)
-    assert (state["global_step"], state["epoch"]) == (25, 1), "the cut is inside epoch 1"
-    resumed = runs.train(*LATER_EPOCH, "trainer.max_steps=40", f"ckpt_path={last}",
+    assert (state["global_step"], state["epoch"]) == (saved, 1), "the cut is inside epoch 1"
+    resumed = runs.train(*common, "trainer.max_steps=40", f"ckpt_path={last}",
                          run_dir="resumed")  # fmt: skip
     losses = {name: {step: v for (step, key), v in metric_rows(
         runs.root / name / "csv" / "metrics.csv").items() if key == "train/loss"}
         for name in ("straight", "resumed")}  # fmt: skip
-    assert sorted(losses["resumed"]) == list(range(25, 40))
-    assert losses["resumed"] == {s: losses["straight"][s] for s in range(25, 40)}, "same batches"
+    assert sorted(losses["resumed"]) == list(range(saved, 40))
+    assert losses["resumed"] == {s: losses["straight"][s] for s in range(saved, 40)}, "same batches"
     for key in ("val_acc_best", "val_loss", "test_acc", "test_loss"):
         assert resumed[key] == straight[key], key
 

@@ -115,7 +115,8 @@ class Sweep:
         return self.proc.returncode
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return (self.dir.parent / f"{self.name}.log").read_text()
 
     def results(self) -> list[dict[str, Any]]:

@@ -192,8 +192,7 @@ def test_a_job_requeued_mid_run_resumes_and_ends_as_if_never_stopped(
     log = (Path(result["run_dir"]) / "train.log").read_text()
     saved = int(log.split("SIGTERM; last.ckpt saved at step ")[1].split()[0])
     assert at <= saved < 1200, "saved where the requeue found it"
-    assert sweep.states[0] in ("PENDING", "RUNNING") and sweep.states[-1] == "gone"
-    assert "PENDING" in sweep.states[1:], "back in the queue after the requeue"
+    assert "PENDING" in sweep.states[sweep.states.index("RUNNING") :], "queued again"
     same_as_uninterrupted(result, straight)
     observed("requeue", seconds=sweep.seconds, states=sweep.states, requeued_at_step=at,
              saved_step=saved, restarts=result["slurm"]["restarts"],
@@ -204,14 +203,16 @@ def test_a_job_requeued_mid_run_resumes_and_ends_as_if_never_stopped(
 def test_a_job_hit_by_its_time_limit_signal_is_requeued_and_ends_as_if_never_stopped(
     cluster: dict[str, str], runs: Runs
 ) -> None:
-    """A one-minute limit with submitit's USR2 40 s before it: SLURM signals each attempt once
-    (its timer ticks in tens of seconds), and the run needs more than one attempt."""
-    overrides = [*LONG, "trainer.max_steps=2000"]
-    sweep = Sweep(cluster, runs, "lra-timeout", *overrides, "hydra.launcher.timeout_min=1",
-                  "hydra.launcher.signal_delay_s=40")  # fmt: skip
+    """A two-minute limit with submitit's USR2 50 s before it: due 70 s into each attempt, sent
+    up to 60 s early ("the resolution of event handling by Slurm", sbatch(1)), so never in the
+    first seconds, before any handler is installed, where it would kill the process. The run
+    trains for about 80 s (6,500 steps at 80 a second), so it needs more than one attempt."""
+    overrides = [*LONG, "trainer.max_steps=6500"]
+    sweep = Sweep(cluster, runs, "lra-timeout", *overrides, "hydra.launcher.timeout_min=2",
+                  "hydra.launcher.signal_delay_s=50")  # fmt: skip
     job = sweep.job_id()
     straight = uninterrupted(runs, *overrides)
-    assert sweep.finish(timeout=400) == 0, sweep.output()[-3000:]
+    assert sweep.finish(timeout=600) == 0, sweep.output()[-3000:]
     (result,) = sweep.results()
     assert result["status"] == "finished"
     assert result["slurm"]["job_id"] == job and result["slurm"]["restarts"] >= 1

@@ -200,6 +200,33 @@ def test_a_job_requeued_mid_run_resumes_and_ends_as_if_never_stopped(
              uninterrupted={k: straight[k] for k in COMPARED})  # fmt: skip
 
 
+def test_a_two_process_ddp_job_requeued_mid_run_ends_as_if_never_stopped(
+    cluster: dict[str, str], runs: Runs
+) -> None:
+    """Two tasks (trainer=ddp_sim: one CPU process each, over gloo). SLURM signals both; they
+    agree on the step, both save it, and the requeued job's two tasks resume it. The run to
+    compare with is the same job on SLURM, not requeued."""
+    overrides = ["trainer=ddp_sim", *LONG, "trainer.max_steps=1500"]
+    sweep = Sweep(cluster, runs, "lra-ddp-requeue", *overrides)
+    job = sweep.job_id()
+    sweep.wait_for_step(300)
+    assert sweep.slurm("scontrol", "requeue", job) == ""
+    assert sweep.finish() == 0, sweep.output()[-3000:]
+    (result,) = sweep.results()
+    assert result["status"] == "finished" and result["slurm"] == {"job_id": job, "restarts": 1}
+    assert result["config"]["per_device_batch"] == 8, "two processes"
+    log = (Path(result["run_dir"]) / "train.log").read_text()
+    saved = {int(p.split()[0]) for p in log.split("SIGTERM; last.ckpt saved at step ")[1:]}
+    assert len(saved) == 1, "both tasks saved the same step"
+    straight_sweep = Sweep(cluster, runs, "lra-ddp-straight", *overrides)
+    assert straight_sweep.finish() == 0, straight_sweep.output()[-3000:]
+    (straight,) = straight_sweep.results()
+    same_as_uninterrupted(result, straight)
+    observed("ddp_requeue", seconds=sweep.seconds, states=sweep.states, saved_step=saved.pop(),
+             restarts=result["slurm"]["restarts"], metrics={k: result[k] for k in COMPARED},
+             uninterrupted={k: straight[k] for k in COMPARED})  # fmt: skip
+
+
 def test_a_job_hit_by_its_time_limit_signal_is_requeued_and_ends_as_if_never_stopped(
     cluster: dict[str, str], runs: Runs
 ) -> None:

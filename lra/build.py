@@ -72,6 +72,10 @@ NUMERIC_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "task.optim.grad_clip": (lambda v: v is None or _number(lambda x: x > 0)(v), "null or > 0"),
     "params.tolerance": (_number(lambda v: v >= 0), "a number >= 0 (relative)"),
     "checkpoint_every_n_steps": (_integer(1), "an integer >= 1"),
+    "test_checkpoint": (
+        lambda v: v in ("last", "best"),
+        "last (the final weights, as LRA's code tests) or best (the best val/acc checkpoint)",
+    ),  # fmt: skip
 }
 
 

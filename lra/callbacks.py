@@ -80,6 +80,7 @@ class LastCheckpoint(ModelCheckpoint):
       killed inside the validation then resumes from the step before and runs it again, where a
       save before it would resume past it and never validate there (Lightning's `save_last`
       saves both before and after).
+    - The final step is saved (`test_checkpoint=last` tests it).
     - Nothing is saved at the last step of an epoch: what is due there is saved one step later.
       Lightning (2.6) resumes a checkpoint of an epoch's last step, or of its end, with the data
       order of the wrong epoch (measured: a resumed run's loss drifts from the uninterrupted
@@ -118,7 +119,8 @@ class LastCheckpoint(ModelCheckpoint):
                 raise Preempted(signum, trainer.global_step, saved=False)
             return  # a validation runs next: saved in on_validation_end, once it has run
         n = self._every_n_train_steps
-        self._due |= n > 0 and trainer.global_step % n == 0
+        final = 0 < trainer.max_steps <= trainer.global_step  # saved as a step: resumable exactly
+        self._due |= final or (n > 0 and trainer.global_step % n == 0)
         if self._last_batch(trainer):
             return  # saved (and any signal acted on) at the next step
         if self._due or signum:
@@ -127,6 +129,12 @@ class LastCheckpoint(ModelCheckpoint):
             # this step's metrics: Lightning logs them after this hook, which the stop skips
             trainer._logger_connector.update_train_step_metrics()
             raise Preempted(signum, trainer.global_step, saved=True)
+
+    def on_train_end(self, trainer: pl.Trainer, module: Any) -> None:
+        # last.ckpt holds the final weights (test_checkpoint=last). The final step is saved as a
+        # step already, unless it was an epoch's last: then here, where a resume with more steps
+        # would start the next epoch afresh.
+        self.save_now(trainer, module)
 
     def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any, **kw: Any) -> None:
         fitting = trainer.state.fn == "fit" and not trainer.sanity_checking

@@ -39,8 +39,10 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
             f"{results['reason']}",
             results_line,
         ]
+    tested = {"last": " (final weights)", "best": " (best val/acc checkpoint)"}
     return [
-        f"{results['run_name']}: test accuracy {pct(results['test_acc'])}, "
+        f"{results['run_name']}: test accuracy {pct(results['test_acc'])}"
+        f"{tested.get(results.get('tested'), '')}, "
         f"majority-class rate of the test split {pct(results['test_majority_rate'])}, "
         f"best val accuracy {pct(results['val_acc_best'])}, "
         f"{results['steps']} steps in {results['fit_seconds']:.0f} s "

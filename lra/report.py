@@ -58,6 +58,14 @@ class Run:
         return self.status == "finished" and self.test_acc is not None
 
 
+def model_label(results: dict[str, Any]) -> str:
+    """The model's name in the table: with ` [best]` where the run tested its best-by-validation
+    checkpoint (`test_checkpoint=best`; every run before the switch existed), so that it is never
+    averaged with runs that tested their final weights, as LRA's code does."""
+    tested = results.get("tested", "best")
+    return f"{results['model']} [best]" if tested == "best" else results["model"]
+
+
 def load_runs(dirs: list[Path]) -> list[Run]:
     """Every results.json below `dirs`, plus run directories that never wrote one (incomplete)."""
     runs = []
@@ -70,7 +78,7 @@ def load_runs(dirs: list[Path]) -> list[Run]:
             r = json.loads(path.read_text())
             status = r.get("status", "finished" if r.get("test_acc") is not None else "incomplete")
             runs.append(
-                Run(r["task"], r["model"], int(r["seed"]), r.get("test_acc"),
+                Run(r["task"], model_label(r), int(r["seed"]), r.get("test_acc"),
                     (r.get("params") or {}).get("total"), str(path.parent), status,
                     r.get("reason") or "")
             )  # fmt: skip

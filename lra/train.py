@@ -56,7 +56,7 @@ from lra.models.classifier import count_parameters
 log = logging.getLogger(__name__)
 
 # what a finished run measures; null in the results.json of a run that did not finish
-MEASURED = ("val_acc_best", "val_loss", "test_acc", "test_loss", "test_checkpoint",
+MEASURED = ("val_acc_best", "val_loss", "test_acc", "test_loss", "test_checkpoint", "tested",
             "test_majority_rate", "fit_seconds", "train_tokens_per_s")  # fmt: skip
 # optimized_metric (what a Hydra sweeper optimises) -> the results.json field that holds it
 OPTIMIZABLE = {
@@ -305,11 +305,11 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
         logger.log_hyperparams({"data_source": data_source})
 
     test: dict[str, float] = {}
-    tested = None
+    tested, rule = None, cfg.get("test_checkpoint", "last")
     if cfg.get("test", True):
-        tested = best.best_model_path or None
+        tested = (best.best_model_path if rule == "best" else last.last_model_path) or None
         if tested is None:
-            log.warning("no best checkpoint (no validation ran): testing the final weights")
+            log.warning("no %s checkpoint: testing the final weights", rule)
         test = trainer.test(module, datamodule=datamodule, ckpt_path=tested, weights_only=False)[0]
 
     results = {
@@ -326,6 +326,7 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
         "test_acc": test.get("test/acc"),
         "test_loss": test.get("test/loss"),
         "test_checkpoint": tested,
+        "tested": rule if cfg.get("test", True) else None,  # last | best: which weights were tested
         "test_majority_rate": datamodule.majority_rate("test"),
         "steps": trainer.global_step,
         "resumed_from": ckpt_path,

@@ -27,18 +27,29 @@ def write_runs(root: Path) -> None:
             d = root / "multiruns" / "sweep" / f"{task}-{model}-s{seed}"
             d.mkdir(parents=True)
             results = {"task": task, "model": model, "seed": seed, "test_acc": acc,
+                       "tested": "last",
                        "params": {"total": 1000 + len(task), "mixer": 10}}  # fmt: skip
             (d / "results.json").write_text(json.dumps(results))
     crashed = root / "runs" / "text-igloo-s0" / "t0"
     crashed.mkdir(parents=True)
     (crashed / "results.json").write_text(
-        json.dumps({"task": "text", "model": "igloo", "seed": 0, "test_acc": None, "params": {}})
+        json.dumps(
+            {
+                "task": "text",
+                "model": "igloo",
+                "seed": 0,
+                "test_acc": None,
+                "tested": None,
+                "params": {},
+            }
+        )
     )
     diverged = root / "runs" / "listops-baseline-s9" / "t2"  # a number, but not a result
     diverged.mkdir(parents=True)
     (diverged / "results.json").write_text(
         json.dumps({"task": "listops", "model": "baseline", "seed": 9, "test_acc": 0.12,
-                    "status": "failed", "reason": "NonFiniteLossError: at step 3", "params": {}})
+                    "status": "failed", "reason": "NonFiniteLossError: at step 3", "params": {},
+                    "tested": None})
     )  # fmt: skip
     killed = root / "runs" / "image-igloo-s4" / "t1"
     (killed / ".hydra").mkdir(parents=True)
@@ -84,3 +95,22 @@ def test_report_reproduces_means_stds_and_lists_incomplete_runs(cli: CLI, tmp_pa
 def test_report_on_a_missing_directory_says_which(cli: CLI, tmp_path: Path) -> None:
     proc = cli.run(str(tmp_path / "nope"), module="lra.report")
     assert proc.returncode == 2 and f"{tmp_path / 'nope'} not found" in proc.stderr
+
+
+def test_runs_that_tested_their_best_checkpoint_are_never_averaged_with_final_weights(
+    tmp_path: Path,
+) -> None:
+    from lra.report import main as report_main
+
+    # seed 2: a results.json from before test_checkpoint existed, when the best one was tested
+    for seed, (acc, tested) in enumerate([(0.4, "last"), (0.5, "best"), (0.6, None)]):
+        d = tmp_path / "runs" / f"s{seed}"
+        d.mkdir(parents=True)
+        results = {"task": "listops", "model": "baseline", "seed": seed, "test_acc": acc,
+                   "params": {"total": 10}, **({"tested": tested} if tested else {})}  # fmt: skip
+        (d / "results.json").write_text(json.dumps(results))
+    assert report_main([str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
+    with open(tmp_path / "report" / "leaderboard.csv") as f:
+        rows = {(r["task"], r["model"]): (float(r["mean"]), int(r["n"])) for r in csv.DictReader(f)}
+    assert rows == {("listops", "baseline"): (pytest.approx(40.0), 1),
+                    ("listops", "baseline [best]"): (pytest.approx(55.0), 2)}  # fmt: skip

@@ -169,3 +169,18 @@ def test_a_review_edited_in_place_is_read_again(tmp_path: Path) -> None:
     ]
     first.write_text("Awesome")  # the folder's own timestamp need not change
     assert rows(ready(datamodule(tmp_path)), "train")[0] == (tokens("Awesome"), 1)
+
+
+def test_reviews_are_stripped_of_outer_whitespace_as_lras_pipeline_unless_told(
+    tmp_path: Path,
+) -> None:
+    padded = {"train": {"pos": ["  Great! \n"], "neg": ["\tBad.\r\n"]}, "test": {"pos": [" x "],
+              "neg": ["y"]}}  # fmt: skip
+    write_aclimdb(tmp_path / "data", padded)
+    stripped = rows(ready(datamodule(tmp_path)), "train")
+    assert stripped == [(tokens("Great!"), 1), (tokens("Bad."), 0)], "LRA's tokens"
+    kept = rows(ready(datamodule(tmp_path, strip=False)), "train")
+    assert kept == [(tokens("  Great! \n"), 1), (tokens("\tBad.\r\n"), 0)], "task.data.strip=false"
+    caches = {p.name.rsplit("-", 1)[0] for p in (tmp_path / "cache").glob("text-train-*")}
+    assert len(list((tmp_path / "cache").glob("text-train-*"))) == 2, "a cache each, by its key"
+    assert caches == {"text-train"}

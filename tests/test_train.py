@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import CLI, Runs, ok
 from wandb_records import read_offline_run
 
@@ -30,6 +31,21 @@ def test_fast_dev_run_trains_and_tests(runs: Runs) -> None:
     assert not (runs.root / "run" / "wandb").exists(), "logger=none runs without W&B"
 
 
+def test_test_checkpoint_chooses_the_weights_tested_and_nothing_else(runs: Runs) -> None:
+    common = ["logger=csv", "trainer.max_steps=6", "trainer.val_check_interval=2",
+              "checkpoint_every_n_steps=4"]  # fmt: skip
+    last = runs.train(*common)  # the default: LRA's code tests the final weights
+    assert last["tested"] == "last" and Path(last["test_checkpoint"]).name == "last.ckpt"
+    state = torch.load(last["test_checkpoint"], weights_only=False)
+    assert state["global_step"] == last["steps"] == 6, "last.ckpt holds the final step"
+    best = runs.train(*common, "test_checkpoint=best", run_dir="best")
+    assert best["tested"] == "best" and Path(best["test_checkpoint"]).name.startswith("best-step")
+    for key in ("steps", "val_acc_best", "val_loss"):
+        assert best[key] == last[key], f"{key}: training is the same run"
+    with pytest.raises(ValueError, match=r"test_checkpoint='newest': must be last .* or best"):
+        runs.config("test_checkpoint=newest")
+
+
 @pytest.mark.slow
 def test_run_writes_results_json_and_an_offline_wandb_run(cli: CLI) -> None:
     proc = ok(cli.run("experiment_name=smoke", env={"COLUMNS": "80"}))  # a log file's width
@@ -39,13 +55,15 @@ def test_run_writes_results_json_and_an_offline_wandb_run(cli: CLI) -> None:
     assert 0.0 <= r["val_acc_best"] <= 1.0 and 0.0 <= r["test_acc"] <= 1.0
     assert r["val_loss"] > 0 and r["test_loss"] > 0
     assert 0.0 < r["test_majority_rate"] < 1.0
-    assert r["test_checkpoint"].endswith(".ckpt") and "best" in r["test_checkpoint"]
+    assert r["test_checkpoint"] == str(cli.root / "run" / "checkpoints" / "last.ckpt")
+    assert r["tested"] == "last", "the final weights, as LRA's code tests"
     assert r["params"]["total"] > r["params"]["mixer"] > 0
     assert r["wall_seconds"] >= r["fit_seconds"] > 0 and r["train_tokens_per_s"] > 0
     assert r["config"]["task"]["vocab_size"] == 16 and r["config"]["task"]["num_classes"] == 10
     lines = proc.stdout.splitlines()
     assert f"results: {cli.root / 'run'}/results.json" in lines, "the path on one line, whole"
     (summary,) = [line for line in lines if line.startswith("listops_small-baseline-s0: test")]
+    assert " (final weights), " in summary
     assert summary.endswith(
         f"{r['params']['total']:,} parameters ({r['params']['mixer']:,} in mixers)"
     )
@@ -82,6 +100,7 @@ def test_summary_prints_one_record_per_line(runs: Runs, capsys: pytest.CaptureFi
     lines = capsys.readouterr().out.splitlines()
     assert f"results: {deep}/results.json" in lines
     (summary,) = [line for line in lines if line.startswith("listops_small-baseline-s0: test")]
+    assert " (final weights), " in summary
     assert "best val accuracy" in summary and summary.endswith("in mixers)")
 
 

@@ -59,6 +59,7 @@ class TextDataModule(LRADataModule):
         val_split: str = "test",
         val_fraction: float = 0.1,
         val_seed: int = 0,
+        strip: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -69,6 +70,7 @@ class TextDataModule(LRADataModule):
         self.val_split = val_split
         self.val_fraction = val_fraction
         self.val_seed = val_seed
+        self.strip = bool(strip)  # LRA's pipeline strips each review's leading/trailing whitespace
 
     # Where each of our splits comes from in IMDB's two.
     def source_split(self, split: str) -> str:
@@ -122,10 +124,12 @@ class TextDataModule(LRADataModule):
                 row for row, is_val in zip(rows, val, strict=True) if is_val == (split == "val")
             ]
         for text, label in rows:
-            yield byte_tokens(text, self.max_len), label
+            # ASCII whitespace, as tf.strings.strip in LRA's input pipeline
+            yield byte_tokens(text.strip() if self.strip else text, self.max_len), label
 
     def cache_params(self) -> dict[str, Any]:
         params: dict[str, Any] = {"reader": "imdb-bytes-v1", "max_len": self.max_len}
+        params["strip"] = self.strip
         params["val_split"] = self.val_split
         if self.val_split == "train":
             params.update(val_fraction=self.val_fraction, val_seed=self.val_seed)

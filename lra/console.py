@@ -48,6 +48,14 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         f"{results['steps']} steps in {results['fit_seconds']:.0f} s "
         f"({results['train_tokens_per_s']:.0f} train tokens/s), "
         f"{results['params']['total']:,} parameters ({results['params']['mixer']:,} in mixers)",
+        *(
+            [
+                f"{results['run_name']}: validation is this task's test split: the best val "
+                "accuracy (and a checkpoint chosen by it: test_checkpoint=best) is a test number"
+            ]
+            if results.get("val_is_test")
+            else []
+        ),
         results_line,
     ]
 

@@ -51,6 +51,7 @@ class Run:
     source: str
     status: str = "finished"  # finished | failed | interrupted | incomplete (no results.json)
     reason: str = ""
+    val_is_test: bool = False  # its validation split was its test split
 
     @property
     def counts(self) -> bool:
@@ -80,7 +81,7 @@ def load_runs(dirs: list[Path]) -> list[Run]:
             runs.append(
                 Run(r["task"], model_label(r), int(r["seed"]), r.get("test_acc"),
                     (r.get("params") or {}).get("total"), str(path.parent), status,
-                    r.get("reason") or "")
+                    r.get("reason") or "", bool(r.get("val_is_test")))
             )  # fmt: skip
         done = {run.source for run in runs}
         for cfg_path in sorted(d.rglob(".hydra/config.yaml")):
@@ -173,6 +174,14 @@ def markdown(runs: list[Run], cells: dict, reference: bool) -> str:
                     row.append(f"{by_task[t]:.2f}" if t in by_task else "")
             lines.append("| " + " | ".join(row) + " |")
     out = ["## Test accuracy (%), mean ± std over seeds", "", *lines, "", NOTE, ""]
+    on_test = sorted({(r.task, r.model) for r in runs if r.counts and r.val_is_test})
+    if on_test:
+        out += [
+            "Validated on the test split (the task has no validation set of its own): "
+            + ", ".join(f"{t} / {m}" for t, m in on_test)
+            + ". Where such a run tested its best checkpoint (`[best]`), the test split chose it.",
+            "",
+        ]
     out += ["## Parameters", "", "| task | model | parameters | seeds |", "|---|---|---|---|"]
     for (t, m), c in sorted(cells.items(), key=lambda kv: (tasks.index(kv[0][0]), kv[0][1])):
         params = "" if c["params"] is None else f"{c['params']:,}"

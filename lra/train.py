@@ -328,6 +328,7 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
         "test_checkpoint": tested,
         "tested": rule if cfg.get("test", True) else None,  # last | best: which weights were tested
         "test_majority_rate": datamodule.majority_rate("test"),
+        "val_is_test": datamodule.validates_on_test(),  # then val numbers are test numbers
         "steps": trainer.global_step,
         "resumed_from": ckpt_path,
         "slurm": record["slurm"],

@@ -114,3 +114,20 @@ def test_runs_that_tested_their_best_checkpoint_are_never_averaged_with_final_we
         rows = {(r["task"], r["model"]): (float(r["mean"]), int(r["n"])) for r in csv.DictReader(f)}
     assert rows == {("listops", "baseline"): (pytest.approx(40.0), 1),
                     ("listops", "baseline [best]"): (pytest.approx(55.0), 2)}  # fmt: skip
+    md = (tmp_path / "report" / "leaderboard.md").read_text()
+    assert "Validated on the test split" not in md, "ListOps has a validation split"
+
+
+def test_the_report_names_the_runs_validated_on_the_test_split(tmp_path: Path) -> None:
+    from lra.report import main as report_main
+
+    for seed, task in enumerate(["text", "listops"]):
+        d = tmp_path / "runs" / f"s{seed}"
+        d.mkdir(parents=True)
+        results = {"task": task, "model": "baseline", "seed": 0, "test_acc": 0.6, "tested": "best",
+                   "params": {"total": 10}, "val_is_test": task == "text"}  # fmt: skip
+        (d / "results.json").write_text(json.dumps(results))
+    assert report_main([str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
+    md = (tmp_path / "report" / "leaderboard.md").read_text()
+    (line,) = [x for x in md.splitlines() if x.startswith("Validated on the test split")]
+    assert "text / baseline [best]" in line and "listops" not in line

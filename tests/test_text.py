@@ -184,3 +184,19 @@ def test_reviews_are_stripped_of_outer_whitespace_as_lras_pipeline_unless_told(
     caches = {p.name.rsplit("-", 1)[0] for p in (tmp_path / "cache").glob("text-train-*")}
     assert len(list((tmp_path / "cache").glob("text-train-*"))) == 2, "a cache each, by its key"
     assert caches == {"text-train"}
+
+
+def test_a_run_validated_on_the_test_split_says_so(tmp_path: Path) -> None:
+    from lra.console import summary_lines
+
+    assert datamodule(tmp_path).validates_on_test(), "LRA's Text: val is IMDB's test split"
+    assert not datamodule(tmp_path, val_split="train").validates_on_test()
+    results = {"run_name": "text-baseline-s0", "run_dir": "R", "test_acc": 0.6, "tested": "best",
+               "test_majority_rate": 0.5, "val_acc_best": 0.6, "steps": 9, "fit_seconds": 1.0,
+               "train_tokens_per_s": 1.0, "params": {"total": 9, "mixer": 3}}  # fmt: skip
+    lines = summary_lines({**results, "val_is_test": True})
+    assert lines[1] == (
+        "text-baseline-s0: validation is this task's test split: the best val accuracy (and a "
+        "checkpoint chosen by it: test_checkpoint=best) is a test number"
+    )
+    assert len(summary_lines({**results, "val_is_test": False})) == 2

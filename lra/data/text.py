@@ -72,6 +72,9 @@ class TextDataModule(LRADataModule):
         self.val_seed = val_seed
         self.strip = bool(strip)  # LRA's pipeline strips each review's leading/trailing whitespace
 
+    def validates_on_test(self) -> bool:
+        return self.val_split == "test"
+
     # Where each of our splits comes from in IMDB's two.
     def source_split(self, split: str) -> str:
         return {"train": "train", "val": self.val_split, "test": "test"}[split]

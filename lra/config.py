@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from lra.registry import TASKS
@@ -80,6 +82,11 @@ def mem_gb(accelerator: str, devices: int) -> int:
     """A SLURM job's memory per node: 16 GB per GPU, 4 GB for a CPU job (one process). Small
     enough for a small node; `hydra.launcher.mem_gb=N` sets it."""
     return 16 * int(devices) if str(accelerator) in GPU_ACCELERATORS else 4
+
+
+def in_multirun() -> bool:
+    """Is this process running one job of a Hydra multirun (`-m`)?"""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def register_resolvers() -> None:

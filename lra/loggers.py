@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from lra.cluster import signalled
+from lra.config import in_multirun
 from lra.io import atomic_path, write_text
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ def wandb_group(cfg: DictConfig) -> str | None:
     """The experiment's name; for a multirun without one, the sweep (its directory name)."""
     if cfg.get("experiment_name"):
         return str(cfg.experiment_name)
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if in_multirun():
         return Path(HydraConfig.get().sweep.dir).name
     return None
 

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,6 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
@@ -45,7 +45,7 @@ from lra.cluster import (
     with_slurm_environment,
     worker_argv,
 )
-from lra.config import CONF_DIR, LAST, end_job
+from lra.config import CONF_DIR, LAST, end_job, in_multirun
 from lra.console import print_config_tree, print_summary
 from lra.io import write_json
 from lra.loggers import build_loggers, close_wandb, detach_wandb, log_run_facts
@@ -293,7 +293,7 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
         log.info("memory: about %.1f GiB of %.1f GiB free at a per-device batch of %d", peak,
                  est.free / 2**30, batch)  # fmt: skip
 
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if in_multirun():
         note_job_for_workers(HydraConfig.get().overrides.task, str(run_dir))
     t_fit = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -348,10 +348,8 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
 def main(cfg: DictConfig) -> float | None:
     """The value of `optimized_metric`, for a Hydra sweeper (Optuna)."""
     try:
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            with one_ddp_job():  # the sweep's next job starts its own DDP workers
-                return train(cfg)[optimized_field(cfg)]
-        return train(cfg)[optimized_field(cfg)]
+        with one_ddp_job() if in_multirun() else nullcontext():  # the next job: its own workers
+            return train(cfg)[optimized_field(cfg)]
     finally:
         if HydraConfig.initialized():  # a sweeper calls main; a test may call main.__wrapped__
             end_job(HydraConfig.get().runtime.output_dir)

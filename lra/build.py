@@ -175,6 +175,7 @@ def build_net(cfg: DictConfig) -> torch.nn.Module:
         vocab_size=cfg.task.vocab_size,
         num_classes=cfg.task.num_classes,
         head=cfg.task.get("head", "single"),
+        interaction=cfg.task.get("head_interaction", "nli"),
     )
 
 

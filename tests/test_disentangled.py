@@ -458,8 +458,9 @@ def test_model_disentangled_trains_without_absolute_positions_and_records_it(run
     assert r["config"]["task"]["encoder"]["pos_emb"] == "none", "the encoder as it was built"
     state = torch.load(runs.root / "run/checkpoints/last.ckpt", weights_only=False)["state_dict"]
     assert not any(k.endswith(".pos") for k in state), "no absolute position table was trained"
-    # 2 layers of 4 projections (32x32 + 32) and one table E [512, 32] with its LayerNorm
-    assert r["params"]["mixer"] == 2 * 4 * (32 * 32 + 32) + 512 * 32 + 2 * 32
+    # 2 layers of 4 projections (32x32; no biases with init: lra, as LRA's attention) and one
+    # table E [512, 32] with its LayerNorm
+    assert r["params"]["mixer"] == 2 * 4 * (32 * 32) + 512 * 32 + 2 * 32
 
 
 @pytest.mark.parametrize("task", configs("task"))

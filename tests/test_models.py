@@ -84,7 +84,7 @@ def test_sinusoidal_table_matches_the_formula() -> None:
 def test_parameter_counts_are_the_trainable_parameters() -> None:
     net = model(pos_emb="learned")
     counts = count_parameters(net)
-    embed, positions, cls, norm = 16 * 16, 24 * 16, 16, 2 * 16
+    embed, positions, cls, norm = 16 * 16, (1 + 24) * 16, 16, 2 * 16  # the CLS at position 0
     mixer = 16 * 48 + 48 + 16 * 16 + 16  # qkv and out projections
     mlp = (16 * 32 + 32) + (32 * 16 + 16)
     head = (16 * 32 + 32) + (32 * 10 + 10)  # Dense(mlp_dim) -> ReLU -> Dense(classes)
@@ -92,7 +92,7 @@ def test_parameter_counts_are_the_trainable_parameters() -> None:
     # per layer: qkv (16*48 + 48) + out (16*16 + 16)
     assert counts["mixer"] == 2 * (16 * 48 + 48 + 16 * 16 + 16)
     sinusoidal = count_parameters(model(pos_emb="sinusoidal"))
-    assert counts["total"] - sinusoidal["total"] == 24 * 16, "a fixed table is not a parameter"
+    assert counts["total"] - sinusoidal["total"] == 25 * 16, "a fixed table is not a parameter"
 
 
 def test_registry_lists_baseline_and_names_unknown_mixers() -> None:
@@ -102,7 +102,7 @@ def test_registry_lists_baseline_and_names_unknown_mixers() -> None:
 
 
 def test_bad_encoder_options_are_refused() -> None:
-    with pytest.raises(ValueError, match="pooling must be cls or mean"):
+    with pytest.raises(ValueError, match="pooling must be cls, mean or first"):
         model(pooling="max")
     with pytest.raises(ValueError, match="not divisible by num_heads"):
         model(qkv_dim=15)

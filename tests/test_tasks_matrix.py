@@ -84,7 +84,7 @@ PROTOCOL = {
     # task: layers, heads, d_model, qkv, mlp, dropout, attn dropout, max_len, pooling, positions
     "listops": (4, 8, 512, 512, 1024, 0.1, 0.1, 2000, "cls", "sinusoidal"),
     "text": (4, 4, 256, 256, 1024, 0.1, 0.1, 4000, "cls", "sinusoidal"),
-    "retrieval": (4, 4, 128, 128, 512, 0.1, 0.1, 4000, "cls", "sinusoidal"),
+    "retrieval": (4, 4, 128, 128, 512, 0.1, 0.1, 4000, "first", "sinusoidal"),  # no CLS, as LRA
     "image": (1, 8, 128, 64, 128, 0.3, 0.2, 1024, "cls", "learned"),
     "pathfinder": (4, 4, 32, 16, 32, 0.2, 0.1, 1024, "mean", "sinusoidal"),
     "pathx": (1, 2, 32, 16, 32, 0.1, 0.1, 16384, "mean", "learned"),

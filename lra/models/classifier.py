@@ -1,7 +1,9 @@
 """Encoder + classification head: the whole network a task trains.
 
 `head: single` (one sequence per example) or `head: dual` (Retrieval: two documents, two towers
-that share one encoder, LRA's NLI combination of the pooled vectors).
+that share one encoder; `task.head_interaction`: concat `[u, v]`, LRA's code, or nli
+`[u, v, u*v, u-v]`, the paper's and S4's). With `task.encoder.init: lra` the head's dense layers
+are Flax's default (lecun_normal, zero bias), as LRA's code.
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ import torch
 from torch import nn
 
 from lra.models.encoder import Encoder
+from lra.models.init import init_head_lra_
 from lra.registry import ARCHITECTURES
+
+INTERACTIONS = {
+    "concat": (2, lambda u, v: [u, v]),  # LRA's code (interaction=None)
+    "nli": (4, lambda u, v: [u, v, u * v, u - v]),  # the paper's, S4's, Nyströmformer's
+}
 
 
 class ClassifierHead(nn.Sequential):
@@ -35,12 +43,18 @@ class SequenceClassifier(nn.Module):
 
 
 class PairHead(nn.Module):
-    """LRA's dual head: [u, v, u*v, u-v] -> Dense(mlp) -> ReLU -> Dense(mlp/2) -> ReLU -> Dense(C)."""
+    """LRA's dual head: [u, v] or [u, v, u*v, u-v] -> Dense(mlp) -> ReLU -> Dense(mlp/2) -> ReLU
+    -> Dense(C)."""
 
-    def __init__(self, d_in: int, mlp_dim: int, num_classes: int) -> None:
+    def __init__(self, d_in: int, mlp_dim: int, num_classes: int, interaction: str = "nli") -> None:
         super().__init__()
+        if interaction not in INTERACTIONS:
+            raise ValueError(
+                f"task.head_interaction must be one of {', '.join(INTERACTIONS)}, not '{interaction}'"
+            )
+        parts, self.combine = INTERACTIONS[interaction]
         self.mlp = nn.Sequential(
-            nn.Linear(4 * d_in, mlp_dim),
+            nn.Linear(parts * d_in, mlp_dim),
             nn.ReLU(),
             nn.Linear(mlp_dim, mlp_dim // 2),
             nn.ReLU(),
@@ -48,7 +62,7 @@ class PairHead(nn.Module):
         )
 
     def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self.mlp(torch.cat([u, v, u * v, u - v], dim=-1))  # [B, 4D] -> [B, C]
+        return self.mlp(torch.cat(self.combine(u, v), dim=-1))  # [B, 2D or 4D] -> [B, C]
 
 
 class TwoTowerClassifier(nn.Module):
@@ -66,12 +80,14 @@ class TwoTowerClassifier(nn.Module):
         return self.head(u, v)
 
 
-def single_tower(encoder: Encoder, d: int, mlp_dim: int, num_classes: int) -> nn.Module:
+def single_tower(
+    encoder: Encoder, d: int, mlp_dim: int, num_classes: int, interaction: str
+) -> nn.Module:
     return SequenceClassifier(encoder, ClassifierHead(d, mlp_dim, num_classes))
 
 
-def two_towers(encoder: Encoder, d: int, mlp_dim: int, num_classes: int) -> nn.Module:
-    return TwoTowerClassifier(encoder, PairHead(d, mlp_dim, num_classes))
+def two_towers(encoder: Encoder, d: int, mlp_dim: int, num_classes: int, interaction: str) -> nn.Module:
+    return TwoTowerClassifier(encoder, PairHead(d, mlp_dim, num_classes, interaction))
 
 
 HEADS = {"single": single_tower, "dual": two_towers}
@@ -83,6 +99,7 @@ def build_classifier(
     vocab_size: int,
     num_classes: int,
     head: str = "single",
+    interaction: str = "nli",
 ) -> nn.Module:
     """The task gives the encoder's shape and head, the model the mixer: `{name, **options}`."""
     if head not in HEADS:
@@ -92,7 +109,12 @@ def build_classifier(
     encoder = Encoder(
         vocab_size=vocab_size, mixer=mixer, mixer_options=mixer_options, **encoder_cfg
     )
-    return HEADS[head](encoder, encoder_cfg["d_model"], encoder_cfg["mlp_dim"], num_classes)
+    net = HEADS[head](
+        encoder, encoder_cfg["d_model"], encoder_cfg["mlp_dim"], num_classes, interaction
+    )
+    if encoder_cfg.get("init", "lra") == "lra":
+        init_head_lra_(net.head)
+    return net
 
 
 @ARCHITECTURES.register("encoder")
@@ -102,9 +124,12 @@ def build_encoder_classifier(
     vocab_size: int,
     num_classes: int,
     head: str = "single",
+    interaction: str = "nli",
 ) -> nn.Module:
     """The default architecture: the shared encoder with the model's mixer (`model.mixer`)."""
-    return build_classifier(encoder_cfg, model_cfg["mixer"], vocab_size, num_classes, head)
+    return build_classifier(
+        encoder_cfg, model_cfg["mixer"], vocab_size, num_classes, head, interaction
+    )
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

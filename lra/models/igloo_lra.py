@@ -185,6 +185,7 @@ def build_igloo_lra(
     vocab_size: int,
     num_classes: int,
     head: str = "single",
+    interaction: str = "nli",
 ) -> nn.Module:
     """`model.net` holds the options; of the task's encoder block only `max_len` is used (and
     `mlp_dim` for the two-tower head of Retrieval: LRA's head over one shared encoder, where
@@ -193,7 +194,8 @@ def build_igloo_lra(
     head_norm, head_dropout = net.pop("head_norm"), net.pop("head_dropout")
     encoder = IglooLRAEncoder(vocab_size=vocab_size, max_len=encoder_cfg["max_len"], **net)
     if head == "dual":
-        return TwoTowerClassifier(encoder, PairHead(encoder.features, encoder_cfg["mlp_dim"], num_classes))
+        pair = PairHead(encoder.features, encoder_cfg["mlp_dim"], num_classes, interaction)
+        return TwoTowerClassifier(encoder, pair)
     return SequenceClassifier(
         encoder, IglooLRAHead(encoder.features, num_classes, head_norm, head_dropout)
     )

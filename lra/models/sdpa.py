@@ -78,3 +78,13 @@ def attend(
             )
         )
     return torch.cat(out, dim=-2)
+
+
+def uniform_padded_queries(o: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """LRA's Flax attention masks padded queries as well as padded keys, with a -1e10 bias: a
+    padded query's logits are then all equal (float32 cannot hold s - 1e10 apart from -1e10), so it
+    attends uniformly to every position, padding included: o_i = mean_j v_j (attention dropout
+    aside). o, v: [B, h, n, d], mask: [B, n] (True on real tokens) or None (no padding)."""
+    if mask is None:
+        return o
+    return torch.where(mask[:, None, :, None], o, v.mean(-2, keepdim=True))

@@ -8,7 +8,15 @@ The mixer contract: what every mixer does, checked for every registered mixer by
 - **Constructor.** `Mixer(d_model=, num_heads=, qkv_dim=, attn_dropout=, max_len=, **options)`:
   the encoder passes the five keywords from `task.encoder` (`max_len` counts the CLS position
   when there is one) and every other key of `model.mixer` as `options`. A mixer may ignore
-  `num_heads` or `qkv_dim` (IGLOO uses qkv_dim as its value width) but must accept them.
+  `num_heads` or `qkv_dim` (IGLOO uses qkv_dim as its value width) but must accept them. An
+  option `bias: null` is replaced by what `task.encoder.init` gives (lra: False, as LRA's
+  attention; torch: True). With `task.encoder.padding: lra` the encoder also passes
+  `mask_queries=True`: a padded query attends uniformly to every position, as LRA's Flax
+  attention (`lra.models.sdpa.uniform_padded_queries`); a mixer without queries accepts and
+  ignores it (IGLOO), and one without the keyword is refused with that mode, by name.
+- **Initialisation.** With `task.encoder.init: lra` the encoder re-initialises every nn.Linear
+  of the blocks as LRA's dense layers (lra/models/init.py: xavier_uniform, biases ~0); a Linear
+  that fuses k projections sets `linear.fused = k`. Other parameters keep the mixer's own init.
 - **Forward.** `mixer(x, mask, **shared) -> [B, n, D]`, x: [B, n, D] (the normed block input,
   n <= max_len), mask: [B, n] bool, True on real tokens, False on padding, or None where the
   task's batches never hold padding (the encoder's `padded`: the pixel tasks), which must give

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lra.models.sdpa import uniform_padded_queries
 from lra.registry import MIXERS
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,7 @@ class DisentangledAttention(nn.Module):
         qkv_dim: int,
         attn_dropout: float = 0.0,
         max_len: int | None = None,
+        mask_queries: bool = False,
         pos_att_type: Sequence[str] = POSITION_TERMS,
         share_att_key: bool = True,
         position_buckets: int = 256,
@@ -186,6 +188,7 @@ class DisentangledAttention(nn.Module):
         self.c2p, self.p2c = "c2p" in pos_att_type, "p2c" in pos_att_type
         self.scale = 1 / math.sqrt(self.d * (1 + self.c2p + self.p2c))  # s = 1 / sqrt(d * sf)
         self.dropout = attn_dropout
+        self.mask_queries = mask_queries  # padded queries attend uniformly, as LRA's attention
         self.impl = impl
         self.q_proj = nn.Linear(d_model, qkv_dim, bias=bias)  # W_q, b_q
         self.k_proj = nn.Linear(d_model, qkv_dim, bias=bias)  # W_k, b_k
@@ -243,6 +246,8 @@ class DisentangledAttention(nn.Module):
                 O = attend_flex(Q, K, V, C2P, P2CT, T, mask, s)
             else:
                 O = attend_eager(Q, K, V, C2P, P2CT, T, padding_bias(mask, B, n, Q), s, dropout)
+        if self.mask_queries:
+            O = uniform_padded_queries(O, V, mask)
         return self.out(O.transpose(1, 2).reshape(B, n, -1))
 
 

@@ -145,6 +145,7 @@ class IglooSeq(nn.Module):
         qkv_dim: int,
         attn_dropout: float = 0.0,
         max_len: int | None = None,
+        mask_queries: bool = False,  # no queries: its padded outputs are its own, whatever the mode
         conv_dim: int = 32,
         conv_kernel: int = 3,
         padding: str = "same",

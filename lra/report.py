@@ -52,6 +52,9 @@ class Run:
     status: str = "finished"  # finished | failed | interrupted | incomplete (no results.json)
     reason: str = ""
     val_is_test: bool = False  # its validation split was its test split
+    # a recipe's published figure (conf/experiment/repro/*: `reference`): (source, test_acc in %
+    # or None, note), None for a run without one
+    reference: tuple[str, float | None, str] | None = None
 
     @property
     def counts(self) -> bool:
@@ -65,6 +68,19 @@ def model_label(results: dict[str, Any]) -> str:
     averaged with runs that tested their final weights, as LRA's code does."""
     tested = results.get("tested", "best")
     return f"{results['model']} [best]" if tested == "best" else results["model"]
+
+
+def reference_of(cfg: dict[str, Any]) -> tuple[str, float | None, str] | None:
+    """The run config's `reference` block as (source, published test accuracy, note)."""
+    ref = cfg.get("reference")
+    if not ref:
+        return None
+    acc = ref.get("test_acc")
+    return (
+        str(ref.get("source", "")),
+        None if acc is None else float(acc),
+        str(ref.get("note") or ""),
+    )
 
 
 def load_runs(dirs: list[Path]) -> list[Run]:
@@ -81,7 +97,8 @@ def load_runs(dirs: list[Path]) -> list[Run]:
             runs.append(
                 Run(r["task"], model_label(r), int(r["seed"]), r.get("test_acc"),
                     (r.get("params") or {}).get("total"), str(path.parent), status,
-                    r.get("reason") or "", bool(r.get("val_is_test")))
+                    r.get("reason") or "", bool(r.get("val_is_test")),
+                    reference_of(r.get("config") or {}))
             )  # fmt: skip
         done = {run.source for run in runs}
         for cfg_path in sorted(d.rglob(".hydra/config.yaml")):
@@ -106,7 +123,8 @@ def load_wandb_runs(path: str) -> list[Run]:
         status = "finished" if r.state == "finished" else r.state  # failed, crashed, running
         runs.append(
             Run(cfg["task"]["name"], cfg["model"]["name"], int(cfg.get("seed", 0)),
-                summary.get("test/acc"), summary.get("params/total"), r.url, status)
+                summary.get("test/acc"), summary.get("params/total"), r.url, status,
+                reference=reference_of(cfg))
         )  # fmt: skip
     return runs
 
@@ -174,6 +192,8 @@ def markdown(runs: list[Run], cells: dict, reference: bool) -> str:
                     row.append(f"{by_task[t]:.2f}" if t in by_task else "")
             lines.append("| " + " | ".join(row) + " |")
     out = ["## Test accuracy (%), mean ± std over seeds", "", *lines, "", NOTE, ""]
+    if reference:
+        out += reproductions(runs)
     on_test = sorted({(r.task, r.model) for r in runs if r.counts and r.val_is_test})
     if on_test:
         out += [
@@ -197,6 +217,32 @@ def markdown(runs: list[Run], cells: dict, reference: bool) -> str:
     out += ["", f"## Incomplete runs ({len(incomplete)}): no test accuracy, not averaged", ""]
     out += [f"- {r.task} / {r.model} / seed {r.seed}: {r.source}" for r in incomplete] or ["- none"]
     return "\n".join(out) + "\n"
+
+
+def reproductions(runs: list[Run]) -> list[str]:
+    """Each recipe's published figure beside what its finished runs reached here."""
+    groups: dict[tuple[str, str, tuple], list[float]] = defaultdict(list)
+    for run in runs:
+        if run.counts and run.reference is not None:
+            groups[(run.task, run.model, run.reference)].append(100 * run.test_acc)
+    if not groups:
+        return []
+    out = [
+        "## Reproductions: each recipe's published figure beside the result here",
+        "",
+        "| task | model | published | source | here | here − published |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (task, model, (source, published, note)), accs in sorted(groups.items()):
+        mean = statistics.fmean(accs)
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        shown = (note or "—") if published is None else f"{published:.2f}"
+        delta = "" if published is None else f"{mean - published:+.2f}"
+        out.append(
+            f"| {task} | {model} | {shown} | {source} | {mean:.2f} ± {std:.2f} (n={len(accs)}) "
+            f"| {delta} |"
+        )
+    return [*out, ""]
 
 
 def write_csv(path: Path, cells: dict) -> None:
@@ -268,7 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=Path("outputs/report"))
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B instead")
-    parser.add_argument("--reference", action="store_true", help="add published LRA rows")
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="add published LRA rows, and each recipe's published figure beside its result",
+    )
     args = parser.parse_args(argv)
     try:
         runs = (

@@ -131,3 +131,34 @@ def test_the_report_names_the_runs_validated_on_the_test_split(tmp_path: Path) -
     md = (tmp_path / "report" / "leaderboard.md").read_text()
     (line,) = [x for x in md.splitlines() if x.startswith("Validated on the test split")]
     assert "text / baseline [best]" in line and "listops" not in line
+
+
+def test_reference_prints_each_recipes_published_figure_beside_its_result(
+    cli: CLI, tmp_path: Path
+) -> None:
+    ref = {"source": "LRA (Tay et al., ICLR 2021), Table 1: Transformer", "test_acc": 36.37}
+    pathx = {"source": "LRA (Tay et al., ICLR 2021), Table 1: Transformer", "test_acc": None,
+             "note": "FAIL"}  # fmt: skip
+    runs = [("listops", 0, 0.30, ref), ("listops", 1, 0.34, ref), ("pathx", 0, 0.5, pathx),
+            ("text", 0, 0.6, None)]  # fmt: skip
+    for task, seed, acc, reference in runs:
+        d = tmp_path / "outputs" / f"{task}-s{seed}"
+        d.mkdir(parents=True)
+        results = {"task": task, "model": "baseline", "seed": seed, "test_acc": acc,
+                   "tested": "last", "params": {"total": 10},
+                   "config": {"reference": reference}}  # fmt: skip
+        (d / "results.json").write_text(json.dumps(results))
+    out = tmp_path / "report"
+    proc = ok(cli.run(str(tmp_path / "outputs"), "--out", str(out), "--reference",
+                      module="lra.report"))  # fmt: skip
+    section = proc.stdout.split("## Reproductions", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    mean, std = statistics.fmean([30.0, 34.0]), statistics.stdev([30.0, 34.0])
+    assert (
+        f"| listops | baseline | 36.37 | {ref['source']} | {mean:.2f} ± {std:.2f} (n=2) "
+        f"| {mean - 36.37:+.2f} |"
+    ) in rows
+    assert f"| pathx | baseline | FAIL | {pathx['source']} | 50.00 ± 0.00 (n=1) |  |" in rows
+    assert not any(r.startswith("| text | baseline | ") for r in rows), "no recipe, no row"
+    plain = ok(cli.run(str(tmp_path / "outputs"), "--out", str(out), module="lra.report"))
+    assert "Reproductions" not in plain.stdout

@@ -282,7 +282,7 @@ def test_lra_code_protocol_sets_lras_code_for_the_task(task: str) -> None:
         assert cfg.task.head_interaction == "concat" and cfg.task.encoder.pooling == "first"
 
 
-# --- the recipes ------------------------------------------------------------------------------------
+# --- the recipes -------------------------------------------------------------------------------
 
 LRA_RECIPES = [r for r in configs("experiment/repro") if r.startswith("lra_")]
 PUBLISHED = {"listops": 36.37, "text": 64.27, "retrieval": 57.46, "image": 42.44,

@@ -113,6 +113,25 @@ def test_padded_positions_are_never_read(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", MIXER_NAMES)
+def test_lra_padding_changes_only_the_outputs_at_padded_positions(name: str) -> None:
+    """`task.encoder.padding=lra` (mask_queries): real positions' outputs are the same; a mixer
+    without the keyword is refused by name (an optional part of the contract)."""
+    mixer, shared = build(name)
+    torch.manual_seed(0)
+    try:
+        encoder = build_net(tiny(name, "task.encoder.padding=lra")).encoder.eval()
+    except ValueError as e:
+        assert f"mixer '{name}' takes no mask_queries" in str(e)
+        return
+    masked = encoder.blocks[0].mixer
+    masked.load_state_dict(mixer.state_dict())
+    x, mask = inputs()
+    with torch.no_grad():
+        y, y_lra = apply(mixer, shared, x, mask), apply(masked, shared, x, mask)
+    torch.testing.assert_close(y_lra[mask], y[mask], msg=f"{name}: real outputs moved")
+
+
+@pytest.mark.parametrize("name", MIXER_NAMES)
 def test_gradients_reach_every_parameter(name: str) -> None:
     mixer, shared = build(name)
     x, mask = inputs()

@@ -205,3 +205,29 @@ def count(cfg: DictConfig) -> dict[str, int]:
     with torch.device("meta"):
         net = build_net(cfg)
     return count_parameters(net)
+
+
+def training_flops(cfg: DictConfig) -> int | None:
+    """FLOPs of one training step (forward, loss and backward) of the network `cfg` builds, at
+    the task's global batch and full length (`task.optim.batch_size` x `task.max_len`), as
+    `torch.utils.flop_counter` counts them (matrix products, convolutions, attention; gathers and
+    element-wise work are free). Built and run on the meta device: no memory, no time to speak
+    of, no draw from torch's generator. None where the network cannot run there."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    B, n = int(cfg.task.optim.batch_size), int(cfg.task.max_len)
+    names = TASKS.get(cfg.task.family).inputs
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.device("meta"):
+            net = build_net(cfg)
+            batch = {k: torch.ones(B, n, dtype=torch.long) for k in names}
+            with counter:
+                F.cross_entropy(net(batch), torch.zeros(B, dtype=torch.long)).backward()
+    except (RuntimeError, NotImplementedError) as e:  # an op without a meta kernel
+        import logging
+
+        logging.getLogger(__name__).warning("training FLOPs not counted: %s", e)
+        return None
+    return int(counter.get_total_flops())

@@ -162,6 +162,16 @@ def log_run_facts(loggers: list[Logger], config: dict[str, Any], params: dict[st
                     logger.experiment.summary[f"params/{key}"] = value
 
 
+def log_cost(loggers: list[Logger], cost: dict[str, float | None]) -> None:
+    """What the run cost (FLOPs, steps/s, memory, wall time), in W&B's summary under the names
+    results.json uses, so that `lra.report --wandb` reads the same fields."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0:
+            for key, value in cost.items():
+                if value is not None:
+                    logger.experiment.summary[key] = value
+
+
 def close_wandb(failed: bool) -> None:
     """Close the W&B run, if one is open. An error closing it (W&B's process gone) is logged,
     never raised: it must not replace the run's own outcome."""

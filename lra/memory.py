@@ -127,3 +127,13 @@ def check_run(
         torch.cuda.empty_cache()
     check_fits(est, per_device, global_batch, accumulate)
     return est
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The run's peak memory: on CUDA the most the caching allocator held (max_memory_allocated),
+    elsewhere the process's peak resident set (ru_maxrss), in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

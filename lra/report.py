@@ -1,5 +1,12 @@
 """`python -m lra.report [DIR ...]`: the leaderboard, task x model, from the runs' results.json.
 
+Statistics (lra/stats.py): per cell the 95% Student t interval of the mean; per task each model's
+difference from `baseline` with its 95% interval and p-value (paired by seed where both cells
+hold the same seeds, else Welch), Holm–Bonferroni-adjusted across the tasks of the table, and a
+verdict (better / worse / no significant difference at alpha 0.05; "too few seeds" below 3); the
+average over LRA's five tasks with its interval. Cost beside accuracy: parameters, training FLOPs
+per step, steps/s, peak memory and wall time per run (means over seeds).
+
 Reads every `results.json` under the given run or multirun directories (default `outputs/`), or the
 runs of a W&B project (`--wandb ENTITY/PROJECT`, online). For each (task, model): mean ± sample
 standard deviation (ddof=1) of the test accuracy over seeds, the number of seeds and the parameter
@@ -8,8 +15,9 @@ shown apart. Only finished runs count: failed and interrupted runs (`status` in 
 the reason) and runs without a test accuracy (killed, still running) are listed apart, never
 averaged or ranked.
 
-Writes `leaderboard.md`, `leaderboard.csv`, `accuracy.png` (per task and model, with error bars)
-and `accuracy_vs_params.png` into `--out` (default `outputs/report`), and prints the markdown.
+Writes `leaderboard.md`, `leaderboard.csv`, `accuracy.png` (per task and model, with error bars),
+`accuracy_vs_params.png` and `accuracy_vs_compute.png` (training FLOPs per run) into `--out`
+(default `outputs/report`), and prints the markdown.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from lra import stats
 from lra.io import atomic_path, write_text
 
 LRA_FIVE = ("listops", "text", "retrieval", "image", "pathfinder")
@@ -55,6 +64,7 @@ class Run:
     # a recipe's published figure (conf/experiment/repro/*: `reference`): (source, test_acc in %
     # or None, note), None for a run without one
     reference: tuple[str, float | None, str] | None = None
+    cost: tuple[tuple[str, float], ...] = ()  # (field, value) of COST, as results.json has them
 
     @property
     def counts(self) -> bool:
@@ -68,6 +78,19 @@ def model_label(results: dict[str, Any]) -> str:
     averaged with runs that tested their final weights, as LRA's code does."""
     tested = results.get("tested", "best")
     return f"{results['model']} [best]" if tested == "best" else results["model"]
+
+
+COST = {  # results.json field -> (column, format)
+    "flops_per_step": ("train GFLOPs/step", lambda v: f"{v / 1e9:,.2f}"),
+    "train_flops": ("train PFLOPs/run", lambda v: f"{v / 1e15:,.3f}"),
+    "steps_per_s": ("steps/s", lambda v: f"{v:.2f}"),
+    "peak_memory_mb": ("peak memory MB", lambda v: f"{v:,.0f}"),
+    "wall_seconds": ("wall s/run", lambda v: f"{v:,.0f}"),
+}
+
+
+def cost_of(r: dict[str, Any]) -> tuple[tuple[str, float], ...]:
+    return tuple((k, float(r[k])) for k in COST if r.get(k) is not None)
 
 
 def reference_of(cfg: dict[str, Any]) -> tuple[str, float | None, str] | None:
@@ -98,7 +121,7 @@ def load_runs(dirs: list[Path]) -> list[Run]:
                 Run(r["task"], model_label(r), int(r["seed"]), r.get("test_acc"),
                     (r.get("params") or {}).get("total"), str(path.parent), status,
                     r.get("reason") or "", bool(r.get("val_is_test")),
-                    reference_of(r.get("config") or {}))
+                    reference_of(r.get("config") or {}), cost_of(r))
             )  # fmt: skip
         done = {run.source for run in runs}
         for cfg_path in sorted(d.rglob(".hydra/config.yaml")):
@@ -124,7 +147,8 @@ def load_wandb_runs(path: str) -> list[Run]:
         runs.append(
             Run(cfg["task"]["name"], cfg["model"]["name"], int(cfg.get("seed", 0)),
                 summary.get("test/acc"), summary.get("params/total"), r.url, status,
-                reference=reference_of(cfg))
+                reference=reference_of(cfg),
+                cost=cost_of({k: summary.get(k) for k in COST}))
         )  # fmt: skip
     return runs
 
@@ -139,14 +163,49 @@ def aggregate(runs: list[Run]) -> dict[tuple[str, str], dict[str, Any]]:
     for key, group in groups.items():
         acc = [100 * r.test_acc for r in group]
         params = [r.params for r in group if r.params is not None]
+        seeds = [r.seed for r in group]
+        ci = stats.interval(acc)
+        costs: dict[str, list[float]] = defaultdict(list)
+        for r in group:
+            for field, value in r.cost:
+                costs[field].append(value)
         cells[key] = {
-            "mean": statistics.fmean(acc),
-            "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-            "n": len(acc),
-            "seeds": sorted(r.seed for r in group),
+            "mean": ci.mean,
+            "std": ci.std,
+            "n": ci.n,
+            "lo": ci.lo,
+            "hi": ci.hi,
+            "seeds": sorted(seeds),
+            # accuracy by seed, for pairing; None where a seed ran twice (then no pairing)
+            "by_seed": dict(zip(seeds, acc, strict=True))
+            if len(set(seeds)) == len(seeds)
+            else None,
+            "values": acc,
             "params": round(statistics.fmean(params)) if params else None,
+            "cost": {k: statistics.fmean(v) for k, v in costs.items()},
         }
     return cells
+
+
+def by_seed(cell: dict[str, Any]) -> dict[Any, float]:
+    """Accuracies keyed by seed, or by position where a seed ran twice (so never paired)."""
+    return cell["by_seed"] or {("run", i): v for i, v in enumerate(cell["values"])}
+
+
+def comparisons(cells: dict, baseline: str = "baseline") -> dict[tuple[str, str], dict[str, Any]]:
+    """(task, model) -> its difference from `baseline` on the task, Holm-adjusted p and verdict."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    models = sorted({m for _, m in cells} - {baseline})
+    for model in models:
+        tasks = [t for t, m in cells if m == model and (t, baseline) in cells]
+        diffs = {t: stats.difference(by_seed(cells[(t, model)]), by_seed(cells[(t, baseline)]))
+                 for t in tasks}  # fmt: skip
+        adjusted = stats.holm({t: d.p for t, d in diffs.items()})
+        for t, d in diffs.items():
+            n_model, n_base = cells[(t, model)]["n"], cells[(t, baseline)]["n"]
+            call = stats.verdict(d, adjusted[t], n_model, n_base)
+            out[(t, model)] = {"d": d, "p_holm": adjusted[t], "verdict": call}
+    return out
 
 
 def task_order(tasks: set[str]) -> list[str]:
@@ -157,6 +216,67 @@ def task_order(tasks: set[str]) -> list[str]:
 def average_five(cells: dict[tuple[str, str], dict[str, Any]], model: str) -> float | None:
     means = [cells[(t, model)]["mean"] for t in LRA_FIVE if (t, model) in cells]
     return statistics.fmean(means) if len(means) == len(LRA_FIVE) else None
+
+
+def pct(v: float) -> str:
+    return "–" if v != v else f"{v:.2f}"  # nan: not defined (one seed)
+
+
+def p_value(v: float) -> str:
+    return "–" if v != v else (f"{v:.2g}" if v < 0.001 else f"{v:.3f}")
+
+
+def statistics_section(cells: dict, tasks: list[str]) -> list[str]:
+    """Per cell the interval; per task and model the difference from baseline and the verdict."""
+    versus = comparisons(cells)
+    out = [
+        f"## Statistics: 95% intervals (Student t); differences from baseline, p Holm-adjusted "
+        f"across tasks per model; verdict at alpha {stats.ALPHA}",
+        "",
+        "| task | model | mean | std | n | 95% CI | Δ vs baseline | 95% CI of Δ | test | p "
+        "| p (Holm) | verdict |",
+        "|---|---|---:|---:|---:|---|---:|---|---|---:|---:|---|",
+    ]
+    for (t, m), c in sorted(cells.items(), key=lambda kv: (tasks.index(kv[0][0]), kv[0][1])):
+        row = [
+            t,
+            m,
+            pct(c["mean"]),
+            pct(c["std"]),
+            str(c["n"]),
+            f"[{pct(c['lo'])}, {pct(c['hi'])}]",
+        ]
+        if (t, m) in versus:
+            v = versus[(t, m)]
+            d = v["d"]
+            row += [f"{d.diff:+.2f}", f"[{d.lo:+.2f}, {d.hi:+.2f}]" if d.lo == d.lo else "–",
+                    d.test, p_value(d.p), p_value(v["p_holm"]), v["verdict"]]  # fmt: skip
+        else:
+            row += ["", "", "", "", "", "the reference" if m == "baseline" else "no baseline"]
+        out.append("| " + " | ".join(row) + " |")
+    averages = []
+    for m in sorted({m for _, m in cells}):
+        if all((t, m) in cells for t in LRA_FIVE):
+            a = stats.average_interval([by_seed(cells[(t, m)]) for t in LRA_FIVE])
+            averages.append(f"| {m} | {a.mean:.2f} | [{pct(a.lo)}, {pct(a.hi)}] |")
+    if averages:
+        out += ["", "Average over LRA's five tasks, with its 95% interval:", "",
+                "| model | Avg (5) | 95% CI |", "|---|---:|---|", *averages]  # fmt: skip
+    return [*out, ""]
+
+
+def cost_section(cells: dict, tasks: list[str]) -> list[str]:
+    fields = [f for f in COST if any(f in c["cost"] for c in cells.values())]
+    if not fields:
+        return []
+    out = ["## Cost: means over each cell's runs", "",
+           "| task | model | parameters | " + " | ".join(COST[f][0] for f in fields) + " |",
+           "|---|---|---:|" + "---:|" * len(fields)]  # fmt: skip
+    for (t, m), c in sorted(cells.items(), key=lambda kv: (tasks.index(kv[0][0]), kv[0][1])):
+        params = "" if c["params"] is None else f"{c['params']:,}"
+        vals = [COST[f][1](c["cost"][f]) if f in c["cost"] else "" for f in fields]
+        out.append(f"| {t} | {m} | {params} | " + " | ".join(vals) + " |")
+    return [*out, ""]
 
 
 def markdown(runs: list[Run], cells: dict, reference: bool) -> str:
@@ -202,6 +322,8 @@ def markdown(runs: list[Run], cells: dict, reference: bool) -> str:
             + ". Where such a run tested its best checkpoint (`[best]`), the test split chose it.",
             "",
         ]
+    out += statistics_section(cells, tasks)
+    out += cost_section(cells, tasks)
     out += ["## Parameters", "", "| task | model | parameters | seeds |", "|---|---|---|---|"]
     for (t, m), c in sorted(cells.items(), key=lambda kv: (tasks.index(kv[0][0]), kv[0][1])):
         params = "" if c["params"] is None else f"{c['params']:,}"
@@ -246,9 +368,15 @@ def reproductions(runs: list[Run]) -> list[str]:
 
 
 def write_csv(path: Path, cells: dict) -> None:
-    rows = ["task,model,mean,std,n,params"]
+    versus = comparisons(cells)
+    rows = ["task,model,mean,std,n,ci_lo,ci_hi,diff,diff_lo,diff_hi,test,p,p_holm,verdict,params"]
     for (t, m), c in sorted(cells.items()):
-        rows.append(f"{t},{m},{c['mean']:.6f},{c['std']:.6f},{c['n']},{c['params'] or ''}")
+        v = versus.get((t, m))
+        d = v["d"] if v else None
+        vs = (f"{d.diff:.6f},{d.lo:.6f},{d.hi:.6f},{d.test},{d.p:.10g},{v['p_holm']:.10g},"
+              f"{v['verdict']}" if v else ",,,,,,")  # fmt: skip
+        rows.append(f"{t},{m},{c['mean']:.6f},{c['std']:.6f},{c['n']},{c['lo']:.6f},"
+                    f"{c['hi']:.6f},{vs},{c['params'] or ''}")  # fmt: skip
     write_text(path, "\n".join(rows) + "\n")
 
 
@@ -302,6 +430,27 @@ def plot(out: Path, cells: dict) -> None:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
 
+    compute = {k: c for k, c in cells.items() if c["cost"].get("train_flops")}
+    if not compute:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for task in tasks:
+        cs = [(m, c) for (t, m), c in sorted(compute.items()) if t == task]
+        if cs:
+            ax.errorbar([c["cost"]["train_flops"] for _, c in cs], [c["mean"] for _, c in cs],
+                        yerr=[c["std"] for _, c in cs], fmt="o", capsize=3, label=task)  # fmt: skip
+            for m, c in cs:
+                ax.annotate(m, (c["cost"]["train_flops"], c["mean"]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs per run (torch.utils.flop_counter)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(out / "accuracy_vs_compute.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -340,7 +489,10 @@ def main(argv: list[str] | None = None) -> int:
     if cells:
         plot(args.out, cells)
     print(text)
-    print(f"wrote {args.out}/leaderboard.md, leaderboard.csv, accuracy.png, accuracy_vs_params.png")
+    print(
+        f"wrote {args.out}/leaderboard.md, leaderboard.csv, accuracy.png, accuracy_vs_params.png"
+        ", accuracy_vs_compute.png (where the runs counted FLOPs)"
+    )
     return 0
 
 

@@ -25,7 +25,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Ri
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from lra.build import build_datamodule, build_module, strategy_for, validate
+from lra.build import build_datamodule, build_module, strategy_for, training_flops, validate
 from lra.callbacks import (
     AtomicCheckpointIO,
     LastCheckpoint,
@@ -48,14 +48,15 @@ from lra.cluster import (
 from lra.config import CONF_DIR, LAST, end_job, in_multirun
 from lra.console import print_config_tree, print_summary
 from lra.io import write_json
-from lra.loggers import build_loggers, close_wandb, detach_wandb, log_run_facts
+from lra.loggers import build_loggers, close_wandb, detach_wandb, log_cost, log_run_facts
 from lra.matching import match_parameters, matched_facts
-from lra.memory import check_run
+from lra.memory import check_run, peak_memory_mb
 from lra.models.classifier import count_parameters
 
 log = logging.getLogger(__name__)
 
 # what a finished run measures; null in the results.json of a run that did not finish
+COST_FIELDS = ("flops_per_step", "train_flops", "steps_per_s", "peak_memory_mb", "wall_seconds")
 MEASURED = ("val_acc_best", "val_loss", "test_acc", "test_loss", "test_checkpoint", "tested",
             "test_majority_rate", "fit_seconds", "train_tokens_per_s")  # fmt: skip
 # optimized_metric (what a Hydra sweeper optimises) -> the results.json field that holds it
@@ -244,6 +245,7 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
     params = {**matched_facts(cfg), **count_parameters(module.net)}
     config = OmegaConf.to_container(cfg, resolve=True)
     config["per_device_batch"] = datamodule.batch_size
+    flops = training_flops(cfg) if cfg.get("count_flops", True) else None
     record.update(params=params, resumed_from=ckpt_path, config=config, slurm=slurm_facts())
     stamp = {"task": cfg.task.name, "model": cfg.model.name, "total": params["total"]}
     checkpoint = None  # memory-mapped: the weights are not read here
@@ -333,10 +335,16 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
         "resumed_from": ckpt_path,
         "slurm": record["slurm"],
         "fit_seconds": fit_seconds,
+        # cost: FLOPs per training step at the task's shape, steps/s of this fit, peak memory
+        "flops_per_step": flops,
+        "train_flops": None if flops is None else flops * trainer.global_step,
+        "steps_per_s": (trainer.global_step - resume_step) / fit_seconds if fit_seconds else None,
+        "peak_memory_mb": peak_memory_mb(device),
         "wall_seconds": time.time() - t_start,
         "train_tokens_per_s": throughput.tokens_per_s,
         "config": config,
     }
+    log_cost(loggers, {k: results[k] for k in COST_FIELDS})
     if trainer.is_global_zero:
         write_json(run_dir / "results.json", results)
         record["done"] = True  # from here on, nothing may turn the file into a failure

@@ -162,3 +162,94 @@ def test_reference_prints_each_recipes_published_figure_beside_its_result(
     assert not any(r.startswith("| text | baseline | ") for r in rows), "no recipe, no row"
     plain = ok(cli.run(str(tmp_path / "outputs"), "--out", str(out), module="lra.report"))
     assert "Reproductions" not in plain.stdout
+
+
+def t_interval(xs: list[float]) -> tuple[float, float]:
+    from scipy.stats import t
+
+    n, m, s = len(xs), statistics.mean(xs), statistics.stdev(xs)
+    half = t.ppf(0.975, n - 1) * s / n**0.5
+    return m - half, m + half
+
+
+def test_intervals_differences_and_holm_adjusted_p_values_equal_an_independent_computation(
+    tmp_path: Path,
+) -> None:
+    from scipy.stats import t
+
+    from lra.report import main as report_main
+
+    acc = {  # (task, model) -> {seed: accuracy in %}
+        ("listops", "baseline"): {0: 36.0, 1: 37.5, 2: 35.0},
+        ("listops", "igloo"): {0: 39.0, 1: 41.0, 2: 38.5},  # paired: the same seeds
+        ("text", "baseline"): {0: 64.0, 1: 66.0, 2: 61.0},
+        ("text", "igloo"): {3: 62.0, 4: 60.5, 5: 63.0, 6: 59.0},  # other seeds: Welch
+        ("image", "baseline"): {0: 42.0, 1: 43.0},
+        ("image", "igloo"): {0: 44.0, 1: 47.0},  # two seeds: too few for a verdict
+    }
+    for (task, model), by_seed in acc.items():
+        for seed, a in by_seed.items():
+            d = tmp_path / "runs" / f"{task}-{model}-s{seed}"
+            d.mkdir(parents=True)
+            results = {"task": task, "model": model, "seed": seed, "test_acc": a / 100,
+                       "tested": "last", "params": {"total": 10}, "flops_per_step": 2e9,
+                       "train_flops": 2e12, "steps_per_s": 4.0 + seed, "peak_memory_mb": 100.0,
+                       "wall_seconds": 60.0}  # fmt: skip
+            (d / "results.json").write_text(json.dumps(results))
+    failed = tmp_path / "runs" / "listops-igloo-s9"
+    failed.mkdir()
+    (failed / "results.json").write_text(json.dumps(
+        {"task": "listops", "model": "igloo", "seed": 9, "test_acc": 0.99, "status": "failed",
+         "reason": "NonFiniteLossError", "tested": "last", "params": {}}))  # fmt: skip
+    assert report_main([str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
+    with open(tmp_path / "report" / "leaderboard.csv") as f:
+        rows = {(r["task"], r["model"]): r for r in csv.DictReader(f)}
+
+    for key, by_seed in acc.items():
+        lo, hi = t_interval(list(by_seed.values()))
+        assert float(rows[key]["ci_lo"]) == pytest.approx(lo, rel=1e-6)
+        assert float(rows[key]["ci_hi"]) == pytest.approx(hi, rel=1e-6)
+    assert int(rows[("listops", "igloo")]["n"]) == 3, "the failed run is not counted"
+
+    # paired on ListOps: t over the per-seed differences
+    d = [acc[("listops", "igloo")][s] - acc[("listops", "baseline")][s] for s in (0, 1, 2)]
+    t_paired = statistics.mean(d) / (statistics.stdev(d) / 3**0.5)
+    p_listops = 2 * t.sf(abs(t_paired), 2)
+    lo, hi = t_interval(d)
+    r = rows[("listops", "igloo")]
+    assert r["test"] == "paired" and float(r["p"]) == pytest.approx(p_listops, rel=1e-6)
+    assert (float(r["diff_lo"]), float(r["diff_hi"])) == (pytest.approx(lo), pytest.approx(hi))
+    # Welch on Text
+    a, b = list(acc[("text", "igloo")].values()), list(acc[("text", "baseline")].values())
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    t_welch = (statistics.mean(a) - statistics.mean(b)) / (va + vb) ** 0.5
+    p_text = 2 * t.sf(abs(t_welch), df)
+    half = t.ppf(0.975, df) * (va + vb) ** 0.5
+    r = rows[("text", "igloo")]
+    assert r["test"] == "welch" and float(r["p"]) == pytest.approx(p_text, rel=1e-6)
+    assert float(r["diff_lo"]) == pytest.approx(statistics.mean(a) - statistics.mean(b) - half)
+    # Holm over igloo's three tasks: sorted p times 3, 2, 1, kept monotone
+    d_img = [acc[("image", "igloo")][s] - acc[("image", "baseline")][s] for s in (0, 1)]
+    p_image = 2 * t.sf(abs(statistics.mean(d_img) / (statistics.stdev(d_img) / 2**0.5)), 1)
+    ordered = sorted(
+        [("listops", p_listops), ("text", p_text), ("image", p_image)], key=lambda x: x[1]
+    )
+    expected, running = {}, 0.0
+    for k, (task, p) in enumerate(ordered):
+        running = max(running, min(1.0, (3 - k) * p))
+        expected[task] = running
+    for task, p in expected.items():
+        assert float(rows[(task, "igloo")]["p_holm"]) == pytest.approx(p, rel=1e-6)
+    verdicts = {task: rows[(task, "igloo")]["verdict"] for task in expected}
+    assert verdicts["image"] == "too few seeds"
+    for task in ("listops", "text"):
+        want = "no significant difference" if expected[task] >= 0.05 else (
+            "better" if float(rows[(task, "igloo")]["diff"]) > 0 else "worse")  # fmt: skip
+        assert verdicts[task] == want
+    assert verdicts["listops"] == "better", "3 seeds, +3.3 points, paired: significant"
+    md = (tmp_path / "report" / "leaderboard.md").read_text()
+    assert "| listops | igloo | 10 | 2.00 | 0.002 | 5.00 | 100 | 60 |" in md, "means over seeds"
+    png = (tmp_path / "report" / "accuracy_vs_compute.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "listops / igloo / seed 9: failed" in md

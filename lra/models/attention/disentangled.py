@@ -134,7 +134,8 @@ def relative_rows(
     """(rows, T): the rows of E a sequence of length n reads (c is non-decreasing in the offset,
     so they are E[rows], contiguous) and T - rows.start on `device`. Made once per (n, device),
     so a forward does no host work and no host-to-device copy: every layer reads the cached T."""
-    T = relative_index(n, k, buckets, max_position)
+    with torch.device("cpu"):  # host work, also where the network is built on meta (counting)
+        T = relative_index(n, k, buckets, max_position)
     lo, hi = int(T[0]), int(T[-1])
     return slice(lo, hi + 1), (T - lo).to(device)
 

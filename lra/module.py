@@ -1,4 +1,12 @@
-"""The LightningModule: cross-entropy, accuracy metrics, AdamW with LRA's schedules."""
+"""The LightningModule: cross-entropy, accuracy metrics, AdamW with LRA's schedules.
+
+The optimiser is `task.optim.optimizer`: adamw (the default; decoupled weight decay
+`task.optim.weight_decay` on every parameter) or adam (torch.optim.Adam: Keras' Adam, where
+weight_decay is an L2 penalty's gradient, coupled). A network may declare L2 groups of its own:
+`net.decay_groups()` returns torch.optim param groups (`params`, `weight_decay`) for some of its
+parameters (lra-igloo's IGLOO kernels: Keras' l2(c) is weight decay 2c); every other parameter
+takes the task's weight_decay. Such groups are L2 penalties, so they need optimizer=adam.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +20,8 @@ from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lra.schedules import schedule
+
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -110,8 +120,11 @@ class LRAClassifier(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim
         params = list(self.parameters())
-        opt = torch.optim.AdamW(
-            params,
+        name = o.get("optimizer", "adamw")
+        if name not in OPTIMIZERS:
+            raise ValueError(f"task.optim.optimizer='{name}' is not one of {', '.join(OPTIMIZERS)}")
+        opt = OPTIMIZERS[name](
+            self.param_groups(params, name),
             lr=o["lr"],
             betas=tuple(o["betas"]),
             eps=o["eps"],
@@ -119,10 +132,26 @@ class LRAClassifier(pl.LightningModule):
             fused=all(p.is_cuda for p in params) or None,  # one kernel for all weights on a GPU
         )
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else o["max_steps"]
-        factor = schedule(o["schedule"], o["warmup_steps"], total)
+        factor = schedule(o["schedule"], o["warmup_steps"], total, o.get("decay_rate", 0.0))
         # LambdaLR's i is 0 at the first update. LRA's Flax loop evaluates its schedule at the
         # optimizer's step count before each update, from 0, so its first update runs at lr 0
         # (warm-up factor 0/warmup). Here update i runs at factor(i + 1): LRA's schedule one
         # update earlier, so no update is spent at lr 0.
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: factor(i + 1))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def param_groups(self, params: list[nn.Parameter], optimizer: str) -> list[Any]:
+        """`params` as they are, or, where the network declares L2 groups (`decay_groups`), those
+        groups and one of every other parameter (which takes the task's weight_decay)."""
+        declare = getattr(self.net, "decay_groups", None)
+        groups = declare() if declare is not None else []
+        if not groups:
+            return params
+        if optimizer != "adam":
+            raise ValueError(
+                f"{type(self.net).__name__} declares L2 penalties (decay_groups, e.g. "
+                f"model.net.l2), which are coupled weight decay: set task.optim.optimizer=adam "
+                f"(now {optimizer}), or model.net.l2=0"
+            )
+        grouped = {id(p) for g in groups for p in g["params"]}
+        return [*groups, {"params": [p for p in params if id(p) not in grouped]}]

@@ -10,6 +10,9 @@ string nests every partial application in parentheses, as LRA's `to_string` does
 
 Reader: parentheses are dropped; tokens are the 10 digits, the 4 operators and `]` (LRA's first
 tokenizer dropped `]` and made the task unsolvable; we keep it as its own token).
+`brackets: false` drops `]` too, as lra-igloo's tokenizer (tfds' alphanumeric Tokenizer) did: the
+digits and operators keep their ids, and id 15 is never used (it is the OOV id of lra-igloo's
+16-token vocabulary).
 """
 
 from __future__ import annotations
@@ -201,12 +204,14 @@ def write_listops(
     return manifest
 
 
-def tokenize(source: str) -> list[int]:
-    """Bracketed source -> token ids (parentheses dropped). Raises KeyError on unknown tokens."""
-    return [VOCAB[tok] for tok in source.split() if tok not in ("(", ")")]
+def tokenize(source: str, brackets: bool = True) -> list[int]:
+    """Bracketed source -> token ids (parentheses dropped; with brackets false `]` too). Raises
+    KeyError on unknown tokens."""
+    dropped = ("(", ")") if brackets else ("(", ")", END)
+    return [VOCAB[tok] for tok in source.split() if tok not in dropped]
 
 
-def read_tsv(path: Path) -> Iterator[tuple[list[int], int]]:
+def read_tsv(path: Path, brackets: bool = True) -> Iterator[tuple[list[int], int]]:
     """Rows of an official `basic_*.tsv` (header `Source<TAB>Target`) as (token ids, label)."""
     with open(path, newline="") as f:
         reader = csv.reader(f, delimiter="\t")
@@ -217,7 +222,7 @@ def read_tsv(path: Path) -> Iterator[tuple[list[int], int]]:
             if len(row) != 2:
                 raise ValueError(f"{path}:{line}: expected 2 tab-separated columns, got {len(row)}")
             try:
-                ids = tokenize(row[0])
+                ids = tokenize(row[0], brackets)
                 value = float(row[1])  # LRA's files write labels as "9" (its reader: float, int)
             except KeyError as e:
                 raise ValueError(f"{path}:{line}: unknown ListOps token {e.args[0]!r}") from None
@@ -243,9 +248,11 @@ class ListOpsDataModule(LRADataModule):
         generate: bool = True,
         seed: int = 0,
         generator: dict[str, int] | None = None,
+        brackets: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.brackets = brackets  # false: `]` dropped too (lra-igloo's tokenizer)
         if not dir and not generated_dir:
             raise ValueError("ListOps needs task.data.dir (the release) or task.data.generated_dir")
         self.release = Path(dir) if dir else None
@@ -338,7 +345,7 @@ class ListOpsDataModule(LRADataModule):
 
     def read_split(self, split: str) -> Iterator[tuple[np.ndarray, int]]:
         rows, cut, longest = 0, 0, 0
-        for ids, label in read_tsv(self.raw_files()[split]):
+        for ids, label in read_tsv(self.raw_files()[split], self.brackets):
             rows, cut, longest = rows + 1, cut + (len(ids) > self.max_len), max(longest, len(ids))
             yield np.asarray(ids[: self.max_len], dtype=np.int16), label
         if cut:
@@ -349,4 +356,6 @@ class ListOpsDataModule(LRADataModule):
             )  # fmt: skip
 
     def cache_params(self) -> dict[str, Any]:
-        return {"reader": "listops-v1", "max_len": self.max_len}
+        # the key of a bracketed cache as before this option, so existing caches stay valid
+        dropped = {} if self.brackets else {"brackets": False}
+        return {"reader": "listops-v1", "max_len": self.max_len, **dropped}

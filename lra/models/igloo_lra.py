@@ -14,13 +14,27 @@ except for `max_len`).
         features = LeakyReLU_0.1(z)                                                      [P]
         transformer_style: a = softmax_t(z W_qk) over the n/r max-pooled positions,
                            features = a · MaxPool_r(H W_v)                               [K]
-    concatenated over kernels -> (BatchNorm) -> Dropout -> Dense(num_classes)
+    concatenated over kernels -> (BatchNorm) -> (Dense(h) -> ReLU) -> Dropout -> Dense(num_classes)
+    Retrieval with towers: unshared (lra-igloo's longrangearena_matching.py): one embedding, two
+    towers of convs and kernels (one per document), the head over [u, v, u - v, u * v]
 
 Parameters per kernel: P·ps·d' + ps·d' + P (+ K·d' with an input projection), plus K² + P·(n/r)
 with transformer_style; plus the convs, the embedding and the head. lra-igloo's CIFAR settings
 (P=4000, K=5, conv kernel 1, ps=4, BatchNorm, Dense(10), grey pixels as one channel) give
-132,040 trainable parameters. Not reproduced: lra-igloo's L2 penalties (the task's AdamW weight
-decay applies instead) and Keras' exact Glorot fan computation for the 3-d weights.
+132,040 trainable parameters.
+
+Keras' settings, for rerunning lra-igloo's scripts (conf/experiment/repro/igloo_*.yaml):
+- `bn_eps`, `bn_momentum`: the head's BatchNorm in PyTorch's convention (running = (1 - m) running +
+  m batch); Keras' BatchNormalization defaults are eps 1e-3, momentum 0.99, i.e. m = 0.01 here;
+- `init: keras`: Embedding U(-0.05, 0.05), Conv1D and Dense glorot_uniform with zero bias, and
+  W_mult with Keras' fans for its 4-d weight (1, P, ps, d'): fan_in = P ps, fan_out = P d'
+  (`init: torch`: PyTorch's defaults for the embedding, convs and Dense, W_mult's fans ps d', P);
+- `l2`: c of Keras' `l2(c)` on every IGLOO kernel weight (c Σw² in the loss; lra-igloo puts it on
+  the kernels only, never on the convs, embedding or head): `decay_groups()` hands those weights to
+  the optimiser with coupled weight decay 2c (task.optim.optimizer=adam);
+- `spatial_dropout: false`: plain Dropout after the convs (lra-igloo's ListOps script);
+- `value_channels`: with embedding_dim null, the value repeated over that many channels
+  (lra-igloo's Pathfinder reads the grey PNG as 3 equal BGR channels).
 """
 
 from __future__ import annotations
@@ -47,6 +61,32 @@ def patch_table(n: int, P: int, ps: int, g: torch.Generator) -> torch.Tensor:
 def glorot(*shape: int, fan_in: int, fan_out: int) -> nn.Parameter:
     limit = math.sqrt(6 / (fan_in + fan_out))
     return nn.Parameter(torch.empty(shape).uniform_(-limit, limit))
+
+
+def keras_fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    """Keras' glorot fans: for more than 2 dims, the last two times the product of the others."""
+    field = math.prod(shape[:-2])
+    return shape[-2] * field, shape[-1] * field
+
+
+INITS = ("torch", "keras")
+
+
+def keras_init(net: nn.Module) -> None:
+    """Keras' default initialisers, in place: Embedding U(-0.05, 0.05); Conv1D and Dense
+    glorot_uniform with zero bias; W_mult with Keras' fans (the other kernel weights have them
+    already)."""
+    for m in net.modules():
+        if isinstance(m, nn.Embedding):
+            nn.init.uniform_(m.weight, -0.05, 0.05)
+        elif isinstance(m, nn.Conv1d | nn.Linear):
+            nn.init.xavier_uniform_(m.weight)  # torch's fans of [out, in, k] = Keras' of [k, in, out]
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, IglooKernel):
+            P, ps, d = m.W_mult.shape
+            fan_in, fan_out = keras_fans((1, P, ps, d))  # Keras' W_MULT is [1, P, ps, d']
+            limit = math.sqrt(6 / (fan_in + fan_out))
+            nn.init.uniform_(m.W_mult, -limit, limit)
 
 
 class IglooKernel(nn.Module):
@@ -107,6 +147,8 @@ class IglooLRAEncoder(nn.Module):
         pooling_size: int,
         dropout: float,
         seed: int | None,
+        spatial_dropout: bool = True,
+        value_channels: int = 1,
     ) -> None:
         super().__init__()
         if padding not in ("causal", "same"):
@@ -117,13 +159,15 @@ class IglooLRAEncoder(nn.Module):
             )
         self.max_len = max_len
         self.value_scale = value_scale
+        self.value_channels = value_channels
         # embedding_dim null: the token's value as one real channel (lra-igloo's grey pixels / 255)
         self.embed = nn.Embedding(vocab_size, embedding_dim) if embedding_dim else None
         k = conv_kernel
         self.pad = (k - 1, 0) if padding == "causal" else ((k - 1) // 2, k // 2)
-        widths = [embedding_dim or 1] + [conv_filters] * stacks
+        widths = [embedding_dim or value_channels] + [conv_filters] * stacks
         self.convs = nn.ModuleList(nn.Conv1d(a, b, k) for a, b in zip(widths, widths[1:]))
-        self.drop = nn.Dropout1d(dropout)  # Keras' SpatialDropout1D: whole channels
+        # Keras' SpatialDropout1D drops whole channels; its Dropout single values
+        self.drop = nn.Dropout1d(dropout) if spatial_dropout else nn.Dropout(dropout)
         self.reads = sorted({0, stacks - 1})  # which H_s the kernels read
         if seed is None:
             seed = 0 if torch.get_default_device().type == "meta" else int(torch.randint(2**62, ()))
@@ -154,6 +198,7 @@ class IglooLRAEncoder(nn.Module):
         tokens = F.pad(tokens, (0, self.max_len - n), value=PAD_ID)
         if self.embed is None:
             X = tokens[..., None].float() / self.value_scale  # [B, n, 1]
+            X = X.expand(-1, -1, self.value_channels)  # [B, n, value_channels]
         else:
             X = self.embed(tokens)  # [B, n, E]
         h = X.transpose(1, 2)  # channels first for Conv1d: [B, C, n]
@@ -164,18 +209,92 @@ class IglooLRAEncoder(nn.Module):
         return torch.cat([kernel(Hs[s]) for kernel, s in zip(self.kernels, self.reads)], dim=-1)
 
 
-HEAD_NORMS = {"batchnorm": nn.BatchNorm1d, "none": lambda features: nn.Identity()}
+HEAD_NORMS = ("batchnorm", "none")
 
 
 class IglooLRAHead(nn.Sequential):
-    """lra-igloo's head: (BatchNorm) -> Dropout -> Dense(num_classes) (softmax is in the loss)."""
+    """lra-igloo's heads: (BatchNorm) -> (Dense(hidden) -> ReLU) -> Dropout -> Dense(num_classes)
+    (the softmax is in the loss). CIFAR and Pathfinder: BatchNorm, no hidden layer; IMDB:
+    Dense(80); AAN: Dense(128), over [u, v, u - v, u * v]."""
 
-    def __init__(self, features: int, num_classes: int, norm: str, dropout: float) -> None:
+    def __init__(
+        self,
+        features: int,
+        num_classes: int,
+        norm: str,
+        dropout: float,
+        hidden: int = 0,
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+    ) -> None:
         if norm not in HEAD_NORMS:
             raise ValueError(f"igloo_lra: head_norm='{norm}' is not one of {', '.join(HEAD_NORMS)}")
-        super().__init__(
-            HEAD_NORMS[norm](features), nn.Dropout(dropout), nn.Linear(features, num_classes)
-        )
+        layers: list[nn.Module] = []
+        if norm == "batchnorm":  # momentum in PyTorch's convention: Keras' 0.99 is 0.01 here
+            layers.append(nn.BatchNorm1d(features, eps=bn_eps, momentum=bn_momentum))
+        else:
+            layers.append(nn.Identity())  # keeps the Dense layers' indices (and checkpoints)
+        if hidden:
+            layers += [nn.Linear(features, hidden), nn.ReLU()]
+        super().__init__(*layers, nn.Dropout(dropout), nn.Linear(hidden or features, num_classes))
+
+
+class IglooLRAClassifier(SequenceClassifier):
+    """SequenceClassifier whose IGLOO kernels carry lra-igloo's L2 penalty (`decay_groups`)."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, l2: float) -> None:
+        super().__init__(encoder, head)
+        self.l2 = l2
+
+    def decay_groups(self) -> list[dict[str, Any]]:
+        """The weights lra-igloo regularises with Keras' l2(c) (c Σw² in the loss, gradient
+        2c w): every IGLOO kernel weight, as a torch.optim param group with coupled weight decay
+        2c. The rest of the network takes the task's weight_decay (the recipes: 0)."""
+        return l2_groups(self.encoder.kernels, self.l2)
+
+
+def l2_groups(kernels: Any, l2: float) -> list[dict[str, Any]]:
+    if not l2:
+        return []
+    return [{"params": [p for k in kernels for p in k.parameters()], "weight_decay": 2 * l2}]
+
+
+class IglooLRATowers(nn.Module):
+    """Two unshared towers over one embedding (lra-igloo's `myembedding` feeds both): the
+    second tower's `embed` is the first's."""
+
+    def __init__(self, a: IglooLRAEncoder, b: IglooLRAEncoder) -> None:
+        super().__init__()
+        b.embed = a.embed
+        self.towers = nn.ModuleList([a, b])
+        self.features = a.features
+        self.kernels = [*a.kernels, *b.kernels]
+
+    def mixers(self) -> list[nn.Module]:
+        return [*self.towers[0].mixers(), *self.towers[1].mixers()]
+
+
+class IglooLRAPair(nn.Module):
+    """lra-igloo's Retrieval model (longrangearena_matching.py): document 1 through tower a,
+    document 2 through tower b, u, v [B, F] -> head([u, v, u - v, u * v]) [B, C]."""
+
+    def __init__(self, encoder: IglooLRATowers, head: IglooLRAHead, l2: float) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.l2 = l2
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        a, b = self.encoder.towers
+        u, v = a(batch["input_ids_1"]), b(batch["input_ids_2"])
+        return self.head(torch.cat([u, v, u - v, u * v], dim=-1))
+
+    def decay_groups(self) -> list[dict[str, Any]]:
+        """As IglooLRAClassifier's: both towers' kernels, weight decay 2c."""
+        return l2_groups(self.encoder.kernels, self.l2)
+
+
+TOWERS = ("shared", "unshared")
 
 
 @ARCHITECTURES.register("igloo_lra")
@@ -188,14 +307,44 @@ def build_igloo_lra(
     interaction: str = "nli",
 ) -> nn.Module:
     """`model.net` holds the options; of the task's encoder block only `max_len` is used (and
-    `mlp_dim` for the two-tower head of Retrieval: LRA's head over one shared encoder, where
-    lra-igloo's own Retrieval model, longrangearena_matching.py, has two unshared towers)."""
+    `mlp_dim` for the two-tower head of Retrieval with `towers: shared`: LRA's head over one
+    shared encoder; `towers: unshared` is lra-igloo's own Retrieval model,
+    longrangearena_matching.py, with its own head)."""
     net = dict(model_cfg["net"])
-    head_norm, head_dropout = net.pop("head_norm"), net.pop("head_dropout")
-    encoder = IglooLRAEncoder(vocab_size=vocab_size, max_len=encoder_cfg["max_len"], **net)
-    if head == "dual":
-        pair = PairHead(encoder.features, encoder_cfg["mlp_dim"], num_classes, interaction)
-        return TwoTowerClassifier(encoder, pair)
-    return SequenceClassifier(
-        encoder, IglooLRAHead(encoder.features, num_classes, head_norm, head_dropout)
+    head_opts = dict(
+        norm=net.pop("head_norm"),
+        dropout=net.pop("head_dropout"),
+        hidden=net.pop("head_hidden", 0),
+        bn_eps=net.pop("bn_eps", 1e-5),
+        bn_momentum=net.pop("bn_momentum", 0.1),
     )
+    init, towers, l2 = net.pop("init", "torch"), net.pop("towers", "shared"), net.pop("l2", 0.0)
+    if init not in INITS:
+        raise ValueError(f"igloo_lra: init='{init}' is not one of {', '.join(INITS)}")
+    if towers not in TOWERS:
+        raise ValueError(f"igloo_lra: towers='{towers}' is not one of {', '.join(TOWERS)}")
+
+    def encoder() -> IglooLRAEncoder:
+        return IglooLRAEncoder(vocab_size=vocab_size, max_len=encoder_cfg["max_len"], **net)
+
+    if head == "dual" and towers == "shared":
+        if l2:
+            raise ValueError("igloo_lra: model.net.l2 needs towers=unshared on Retrieval")
+        shared = encoder()
+        if init == "keras":
+            keras_init(shared)
+        pair = PairHead(shared.features, encoder_cfg["mlp_dim"], num_classes, interaction)
+        return TwoTowerClassifier(shared, pair)
+    if head == "dual":
+        pair_encoder = IglooLRATowers(encoder(), encoder())
+        model: nn.Module = IglooLRAPair(
+            pair_encoder, IglooLRAHead(4 * pair_encoder.features, num_classes, **head_opts), l2
+        )
+    else:
+        single = encoder()
+        model = IglooLRAClassifier(
+            single, IglooLRAHead(single.features, num_classes, **head_opts), l2
+        )
+    if init == "keras":
+        keras_init(model)
+    return model

@@ -145,8 +145,10 @@ def load_wandb_runs(path: str) -> list[Run]:
         cfg, summary = r.config, r.summary
         status = "finished" if r.state == "finished" else r.state  # failed, crashed, running
         runs.append(
-            Run(cfg["task"]["name"], cfg["model"]["name"], int(cfg.get("seed", 0)),
-                summary.get("test/acc"), summary.get("params/total"), r.url, status,
+            Run(cfg["task"]["name"], model_label({"model": cfg["model"]["name"],
+                                                  "tested": cfg.get("test_checkpoint", "best")}),
+                int(cfg.get("seed", 0)), summary.get("test/acc"), summary.get("params/total"),
+                r.url, status,
                 reference=reference_of(cfg),
                 cost=cost_of({k: summary.get(k) for k in COST}))
         )  # fmt: skip

@@ -253,3 +253,39 @@ def test_intervals_differences_and_holm_adjusted_p_values_equal_an_independent_c
     png = (tmp_path / "report" / "accuracy_vs_compute.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert "listops / igloo / seed 9: failed" in md
+
+
+def test_the_report_from_wandb_has_the_same_tables_from_the_same_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--wandb ENTITY/PROJECT` reads config and summary; the tables equal those from files."""
+    from types import SimpleNamespace
+
+    import wandb
+
+    from lra.report import main as report_main
+
+    fake = []
+    for (task, model), accs in {("listops", "baseline"): [36.0, 37.5, 35.0],
+                                ("listops", "igloo"): [39.0, 41.0, 38.5]}.items():  # fmt: skip
+        for seed, a in enumerate(accs):
+            cost = {"flops_per_step": 1e9, "train_flops": 1e12, "steps_per_s": 3.0,
+                    "peak_memory_mb": 50.0, "wall_seconds": 9.0}  # fmt: skip
+            config = {"task": {"name": task}, "model": {"name": model}, "seed": seed,
+                      "test_checkpoint": "last", "reference": None}  # fmt: skip
+            d = tmp_path / "runs" / f"{task}-{model}-s{seed}"
+            d.mkdir(parents=True)
+            (d / "results.json").write_text(json.dumps(
+                {"task": task, "model": model, "seed": seed, "test_acc": a / 100, "tested": "last",
+                 "params": {"total": 100}, "config": config, **cost}))  # fmt: skip
+            summary = {"test/acc": a / 100, "params/total": 100, **cost}
+            fake.append(SimpleNamespace(config=config, summary=summary, state="finished",
+                                        url=f"https://wandb.ai/x/y/{seed}"))  # fmt: skip
+    monkeypatch.setattr(wandb, "Api", lambda: SimpleNamespace(runs=lambda path: fake))
+    assert report_main([str(tmp_path / "runs"), "--out", str(tmp_path / "files")]) == 0
+    assert report_main(["--wandb", "x/y", "--out", str(tmp_path / "wandb")]) == 0
+    from_files = (tmp_path / "files" / "leaderboard.md").read_text()
+    assert from_files == (tmp_path / "wandb" / "leaderboard.md").read_text()
+    assert "| listops | igloo | 39.50 |" in from_files and "paired" in from_files
+    csv_files = (tmp_path / "files" / "leaderboard.csv").read_text()
+    assert csv_files == (tmp_path / "wandb" / "leaderboard.csv").read_text()

@@ -82,7 +82,7 @@ def model_label(results: dict[str, Any]) -> str:
 
 COST = {  # results.json field -> (column, format)
     "flops_per_step": ("train GFLOPs/step", lambda v: f"{v / 1e9:,.2f}"),
-    "train_flops": ("train PFLOPs/run", lambda v: f"{v / 1e15:,.3f}"),
+    "train_flops": ("train TFLOPs/run", lambda v: f"{v / 1e12:,.2f}"),
     "steps_per_s": ("steps/s", lambda v: f"{v:.2f}"),
     "peak_memory_mb": ("peak memory MB", lambda v: f"{v:,.0f}"),
     "wall_seconds": ("wall s/run", lambda v: f"{v:,.0f}"),

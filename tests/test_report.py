@@ -249,7 +249,7 @@ def test_intervals_differences_and_holm_adjusted_p_values_equal_an_independent_c
         assert verdicts[task] == want
     assert verdicts["listops"] == "better", "3 seeds, +3.3 points, paired: significant"
     md = (tmp_path / "report" / "leaderboard.md").read_text()
-    assert "| listops | igloo | 10 | 2.00 | 0.002 | 5.00 | 100 | 60 |" in md, "means over seeds"
+    assert "| listops | igloo | 10 | 2.00 | 2.00 | 5.00 | 100 | 60 |" in md, "means over seeds"
     png = (tmp_path / "report" / "accuracy_vs_compute.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert "listops / igloo / seed 9: failed" in md

@@ -410,46 +410,34 @@ def plot(out: Path, cells: dict) -> None:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for task in tasks:
-        cs = [
-            (m, cells[(task, m)])
-            for m in models
-            if (task, m) in cells and cells[(task, m)]["params"]
-        ]
-        if cs:
-            ax.errorbar([c["params"] for _, c in cs], [c["mean"] for _, c in cs],
-                        yerr=[c["std"] for _, c in cs], fmt="o", capsize=3, label=task)  # fmt: skip
-            for m, c in cs:
-                ax.annotate(m, (c["params"], c["mean"]), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters")
-    ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(out / "accuracy_vs_params.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    scatter(plt, out / "accuracy_vs_params.png", cells, tasks, lambda c: c["params"],
+            "trainable parameters")  # fmt: skip
+    scatter(plt, out / "accuracy_vs_compute.png", cells, tasks,
+            lambda c: c["cost"].get("train_flops"),
+            "training FLOPs per run (torch.utils.flop_counter)")  # fmt: skip
 
-    compute = {k: c for k, c in cells.items() if c["cost"].get("train_flops")}
-    if not compute:
+
+def scatter(plt: Any, path: Path, cells: dict, tasks: list[str], x_of: Any, xlabel: str) -> None:
+    """Accuracy (mean ± std) against x_of(cell) on a log axis, a series per task, each point
+    named by its model; not written where no cell has an x."""
+    points = {k: c for k, c in cells.items() if x_of(c)}
+    if not points:
         return
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for task in tasks:
-        cs = [(m, c) for (t, m), c in sorted(compute.items()) if t == task]
+        cs = [(m, c) for (t, m), c in sorted(points.items()) if t == task]
         if cs:
-            ax.errorbar([c["cost"]["train_flops"] for _, c in cs], [c["mean"] for _, c in cs],
+            ax.errorbar([x_of(c) for _, c in cs], [c["mean"] for _, c in cs],
                         yerr=[c["std"] for _, c in cs], fmt="o", capsize=3, label=task)  # fmt: skip
             for m, c in cs:
-                ax.annotate(m, (c["cost"]["train_flops"], c["mean"]), fontsize=7, xytext=(3, 3),
+                ax.annotate(m, (x_of(c), c["mean"]), fontsize=7, xytext=(3, 3),
                             textcoords="offset points")  # fmt: skip
     ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs per run (torch.utils.flop_counter)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(out / "accuracy_vs_compute.png") as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
 

@@ -92,6 +92,13 @@ def configs(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+def sample_tasks() -> list[str]:
+    """The task configs a smoke run can train on the official-layout sample files
+    (lra.data.samples): all but the CPU verdict's `*_cpu` tasks, which generate their own data at
+    full size first (minutes)."""
+    return [t for t in configs("task") if not t.endswith("_cpu")]
+
+
 def with_model(cfg: DictConfig, model: str | Mapping[str, Any]) -> DictConfig:
     """A copy of `cfg` whose `model` is `conf/model/<model>.yaml` (or the mapping given)."""
     other = copy.deepcopy(cfg)

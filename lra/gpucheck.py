@@ -64,7 +64,15 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from lra.build import build_datamodule, build_module, build_net, compose, configs, per_device_batch
+from lra.build import (
+    build_datamodule,
+    build_module,
+    build_net,
+    compose,
+    configs,
+    per_device_batch,
+    sample_tasks,
+)
 from lra.data.samples import write_all_tasks
 from lra.io import write_json, write_text
 from lra.matching import match_parameters
@@ -624,7 +632,7 @@ def cli_stage(run: Run) -> list[Point]:
             f"paths.data_dir={data}", f"paths.log_dir={work / 'outputs'}", *profile.overrides,
             *profile.cli]  # fmt: skip
     points = []
-    for task in configs("task"):
+    for task in sample_tasks():
         run_dir = work / "runs" / task
         args = [*base, f"task={task}", f"trainer={profile.trainer}", "++trainer.fast_dev_run=true",
                 f"hydra.run.dir={run_dir}"]  # fmt: skip

@@ -21,11 +21,11 @@ from conftest import ROOT, Runs
 from lra_files import write_all_tasks
 
 import lra.data
-from lra.build import compose, configs
+from lra.build import compose, configs, sample_tasks
 from lra.registry import TASKS as TASK_REGISTRY
 
 # the CPU verdict's tasks generate their data at full size (minutes): tests/test_verdict.py
-TASKS = [t for t in configs("task") if not t.endswith("_cpu")]
+TASKS = sample_tasks()
 MODELS = configs("model")
 LRA_TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 TINY = [

@@ -15,7 +15,7 @@ and each validation. In a multi-process job the ranks agree first (an all-reduce
 saves the same step. A step with a validation due saves after it: after a warning, the
 validation runs to its end. After SIGTERM (SLURM kills after KillWait, 30 s by default), the
 validation is dropped and the run resumes from the previous `last.ckpt`. A requeued job resumes
-by itself (`lra.train.requeued`): the same run directory, the same W&B run id.
+by itself (`lra.job.requeued`): the same run directory, the same W&B run id.
 
 Lightning's own SLURM handlers stay out of the way. `slurm_environment` turns its auto-requeue
 off (it saved `hpc_ckpt_*.ckpt`, which no resume reads). The handlers Lightning and submitit

@@ -84,6 +84,11 @@ def mem_gb(accelerator: str, devices: int) -> int:
     return 16 * int(devices) if str(accelerator) in GPU_ACCELERATORS else 4
 
 
+def pretrain_tag(objective: str) -> str:
+    """The run name's mark of a self-pretrained run: `-mlm`; nothing for `pretrain=none`."""
+    return "" if str(objective) == "none" else f"-{objective}"
+
+
 def in_multirun() -> bool:
     """Is this process running one job of a Hydra multirun (`-m`)?"""
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
@@ -100,6 +105,7 @@ def register_resolvers() -> None:
         "lra.cpus_per_task": cpus_per_task,
         "lra.gpus_per_node": gpus_per_node,
         "lra.mem_gb": mem_gb,
+        "lra.pretrain_tag": pretrain_tag,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

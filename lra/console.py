@@ -39,6 +39,17 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
             f"{results['reason']}",
             results_line,
         ]
+    if results.get("job_type") == "pretrain":
+        p, n, loss = results["pretrain"], results["params"], results["train_loss"]
+        return [
+            f"{results['run_name']}: pretrained ({p['objective']}, mask rate {p['mask_rate']:g}) "
+            f"for {results['steps']} steps in {results['fit_seconds']:.0f} s: final masked-token "
+            f"loss {'n/a' if loss is None else f'{loss:.4f}'}, "
+            f"accuracy {pct(results['train_masked_acc'])}; encoder {n['encoder']:,} parameters "
+            f"(+{n['pretrain_head']:,} for pretraining alone)",
+            f"encoder: {results['encoder_file']} (fine-tune: pretrained=<this folder>)",
+            results_line,
+        ]
     tested = {"last": " (final weights)", "best": " (best val/acc checkpoint)"}
     return [
         f"{results['run_name']}: test accuracy {pct(results['test_acc'])}"

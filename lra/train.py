@@ -5,10 +5,7 @@ compose (Hydra) -> match parameters -> build (lra/build.py) -> fit -> test -> re
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -20,9 +17,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from lra.build import build_datamodule, build_module, strategy_for, training_flops, validate
@@ -35,12 +30,10 @@ from lra.callbacks import (
     check_checkpoint,
 )
 from lra.cluster import (
-    Preempted,
     SlurmSignals,
     cap_threads,
     note_job_for_workers,
     one_ddp_job,
-    requeue,
     slurm_facts,
     with_slurm_environment,
     worker_argv,
@@ -48,17 +41,17 @@ from lra.cluster import (
 from lra.config import CONF_DIR, LAST, end_job, in_multirun
 from lra.console import print_config_tree, print_summary
 from lra.io import write_json
-from lra.loggers import build_loggers, close_wandb, detach_wandb, log_cost, log_run_facts
+from lra.job import find_resume_dir, finished_results, output_dir, run_job
+from lra.loggers import build_loggers, log_cost, log_run_facts
 from lra.matching import match_parameters, matched_facts
 from lra.memory import check_run, peak_memory_mb
 from lra.models.classifier import count_parameters
+from lra.pretraining import load_pretrained, objective, refuse_whole_networks, stage
 
 log = logging.getLogger(__name__)
 
 # what a finished run measures; null in the results.json of a run that did not finish
 COST_FIELDS = ("flops_per_step", "train_flops", "steps_per_s", "peak_memory_mb", "wall_seconds")
-MEASURED = ("val_acc_best", "val_loss", "test_acc", "test_loss", "test_checkpoint", "tested",
-            "test_majority_rate", "fit_seconds", "train_tokens_per_s")  # fmt: skip
 # optimized_metric (what a Hydra sweeper optimises) -> the results.json field that holds it
 OPTIMIZABLE = {
     "val/acc_best": "val_acc_best",
@@ -81,133 +74,31 @@ def optimized_field(cfg: DictConfig) -> str:
     return OPTIMIZABLE[metric]
 
 
-def output_dir(cfg: DictConfig) -> Path:
-    """`paths.output_dir`: Hydra's run directory under `python -m lra.train`, else as given."""
-    try:
-        return Path(cfg.paths.output_dir)
-    except InterpolationResolutionError as e:
-        raise ValueError(
-            "paths.output_dir is not set: it is Hydra's run directory under `python -m lra.train`;"
-            " a config composed in process (lra.build.compose) needs paths.output_dir=DIR"
-        ) from e
-
-
-def requeued() -> bool:
-    """Is this a SLURM job started again (requeued after a time-out, pre-emption or `scontrol
-    requeue`)? SLURM counts the restarts of a job in SLURM_RESTART_COUNT."""
-    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
-
-
-def find_resume_dir(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """Where `resume=true` (or `ckpt_path=last`, or a requeued SLURM job, which needs no flag)
-    continues from: this run directory, if it has a last.ckpt. (On the command line Hydra's run
-    directory is already the newest earlier run of this name that has one: `lra.config.run_dir`;
-    a requeued job runs again in its own.)"""
-    if not (cfg.get("resume") or cfg.get("ckpt_path") == "last"):
-        if not (requeued() and (run_dir / LAST).exists()):
-            return None
-        log.info("requeued SLURM job (restart %s): resuming", os.environ["SLURM_RESTART_COUNT"])
-    if (run_dir / LAST).exists():
-        return run_dir
-    log.warning("resume: no %s under %s yet; starting afresh", LAST, run_dir)
-    return None
-
-
-def finished_results(run_dir: Path) -> dict[str, Any] | None:
-    """The results.json of a run that finished in `run_dir`, else None."""
-    try:
-        results = json.loads((run_dir / "results.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return results if results.get("status", "finished") == "finished" else None
-
-
 def _float(x: Any) -> float | None:
     return None if x is None else float(x)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit and test one run; returns (and writes to run_dir/results.json) what it measured, with
-    `status: finished`. A run that fails (a non-finite loss, bad data, any error) or is interrupted
-    (SIGTERM, Ctrl-C) writes results.json with `status: failed` or `interrupted`, the reason and no
-    metrics, and ends in an error: the exception goes on, and SIGTERM exits 143 (Lightning's own
-    SIGTERM exit would be 0). A signalled SLURM job (`lra.cluster`) saves last.ckpt first, and
-    after a warning signal is requeued (`status: requeued`). The W&B run is closed on the way
-    out, failed or not, so a sweep's next job opens its own; a signalled job's is marked
-    pre-empted, and its requeued job resumes it."""
-    record: dict[str, Any] = {}  # what is known of the run so far, for a results.json on failure
-    failed, detached = True, False
-    try:
-        results = fit_and_test(cfg, record)
-        failed = False
-        return results
-    except BaseException as e:
-        signals = record.get("signals")
-        if signals is not None and signals.received and not isinstance(e, Preempted):
-            # an error after the signal (W&B's process killed with the job, say) is the signal's
-            step = record["trainer"].global_step if "trainer" in record else 0
-            e = Preempted(signals.received, step, saved=False)
-        if isinstance(e, Preempted):
-            detached = True
-            preempted(e, record)  # exits
-        if isinstance(e, SystemExit) and not e.code and not isinstance(e, SIGTERMException):
-            raise  # a clean exit is no failure
-        try:
-            record_failure(record, *outcome(e))
-        except Exception:  # a full disk, say: the run's own error is the one to show
-            log.exception("could not write results.json for the failed run")
-        if isinstance(e, SIGTERMException):
-            raise SystemExit(128 + signal.SIGTERM) from e
-        raise
-    finally:
-        if not detached:
-            close_wandb(failed)
+    """Fit and test one run (`run_job` says what a run that fails or is signalled leaves);
+    with `pretrain` set (`pretrain=mlm`), self-pretrain its encoder first (lra.pretraining)."""
+    return run_job(cfg, fit_and_test)
 
 
-def preempted(e: Preempted, record: dict[str, Any]) -> None:
-    """A signalled SLURM job stops: results.json says so, W&B is detached, and after a warning
-    the job is requeued. Exits (SystemExit); raises if the job cannot be requeued."""
-    log.warning("%s", e)
-    try:
-        record_failure(record, "requeued" if e.warning else "interrupted", str(e))
-    except Exception:
-        log.exception("could not write results.json for the signalled run")
-    detach_wandb()
-    if e.warning:
-        try:
-            requeue(record["signals"], e)  # under submitit: requeues and exits
-        except Exception as err:  # out of requeues (submitit), or scontrol failed
-            record_failure(record, "failed", f"{e}; not requeued: {err}")
-            raise
-    raise SystemExit(128 + e.signum) from e
-
-
-def outcome(e: BaseException) -> tuple[str, str]:
-    """(status, reason) of a run that ended in `e`."""
-    if isinstance(e, SIGTERMException):
-        return "interrupted", "SIGTERM"
-    if isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
-        return "interrupted", "interrupted (Ctrl-C)"  # Lightning exits 1 after a KeyboardInterrupt
-    if isinstance(e, SystemExit):
-        return "failed", f"SystemExit: exit code {e.code!r}"
-    return "failed", f"{type(e).__name__}: {e}"
-
-
-def record_failure(record: dict[str, Any], status: str, reason: str) -> None:
-    """results.json of a run that did not finish: who it was, how far it got, why it stopped."""
-    if "run_dir" not in record or record.get("done") or rank_zero_only.rank != 0:
-        return  # nothing known yet, a finished run's results (never overwritten), or not rank 0
-    trainer = record.get("trainer")
-    results = {
-        **{k: v for k, v in record.items() if k not in ("trainer", "signals", "started")},
-        "status": status,
-        "reason": reason,
-        **dict.fromkeys(MEASURED, None),
-        "steps": trainer.global_step if trainer is not None else 0,
-        "wall_seconds": time.time() - record["started"],
-    }
-    write_json(Path(record["run_dir"]) / "results.json", results)
-    print_summary(results)
+def pretrained_encoder(cfg: DictConfig, run_dir: Path) -> str | Path | None:
+    """The encoder this run fine-tunes: `pretrained=PATH`, or with `pretrain=mlm` the one its
+    pretraining stage makes now (lra.pretraining.stage, in RUN_DIR/pretrain); None from scratch."""
+    path, name = cfg.get("pretrained"), objective(cfg)
+    if path is not None and name != "none":
+        raise ValueError(
+            f"pretrained={path} and pretrain={name} both set: fine-tune the given encoder "
+            "(pretrain=none) or pretrain one in this job (pretrained=null)"
+        )
+    if name != "none":
+        refuse_whole_networks(cfg)
+        return stage(cfg, run_dir)
+    if path is not None:
+        refuse_whole_networks(cfg)
+    return path
 
 
 def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
@@ -237,6 +128,8 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
             return done
         log.info("resuming %s from %s", cfg.run_name, ckpt_path)
 
+    pretrained = pretrained_encoder(cfg, run_dir)  # pretrain=mlm: the pretraining stage runs here
+    pl.seed_everything(cfg.seed, workers=True)  # after a stage, as before it: the same fresh head
     cfg = match_parameters(cfg)  # the run config: knobs turned, params.* filled, encoder resolved
     if rank_zero_only.rank == 0:
         print_config_tree(cfg)
@@ -245,6 +138,9 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
     params = {**matched_facts(cfg), **count_parameters(module.net)}
     config = OmegaConf.to_container(cfg, resolve=True)
     config["per_device_batch"] = datamodule.batch_size
+    if pretrained is not None:  # the encoder's weights; the head stays the seed's fresh one
+        facts = load_pretrained(module.net, pretrained, cfg)
+        config["pretrained_from"] = record["pretrained"] = facts
     flops = training_flops(cfg) if cfg.get("count_flops", True) else None
     record.update(params=params, resumed_from=ckpt_path, config=config, slurm=slurm_facts())
     stamp = {"task": cfg.task.name, "model": cfg.model.name, "total": params["total"]}
@@ -330,6 +226,7 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
         "test_checkpoint": tested,
         "tested": rule if cfg.get("test", True) else None,  # last | best: which weights were tested
         "test_majority_rate": datamodule.majority_rate("test"),
+        "pretrained": record.get("pretrained"),  # the encoder fine-tuned from; null: from scratch
         "val_is_test": datamodule.validates_on_test(),  # then val numbers are test numbers
         "steps": trainer.global_step,
         "resumed_from": ckpt_path,

@@ -83,6 +83,14 @@ class LRADataModule(pl.LightningDataModule):
         self.shuffle_seed = shuffle_seed
         self.splits: dict[str, datasets.Dataset] = {}
         self._cache_keys: dict[str, str] = {}  # split -> key, once its files are known
+        self.used_splits: tuple[str, ...] = SPLITS  # what prepare_data and setup read
+        self.labelled = True  # False: batches carry the inputs alone (`training_inputs_only`)
+
+    def training_inputs_only(self) -> None:
+        """Self-pretraining (lra.pretraining): from here on this DataModule tokenises, loads and
+        batches the training split alone, and its batches hold the inputs without the labels; the
+        validation and test splits are never read, and asking for their loaders is an error."""
+        self.used_splits, self.labelled = ("train",), False
 
     # --- what a task provides -------------------------------------------------------------
     def raw_files(self) -> dict[str, Path | list[Path]]:
@@ -135,7 +143,7 @@ class LRADataModule(pl.LightningDataModule):
         with FileLock(str(self.cache_dir / f".{self.task_name}.lock")):
             self.fetch_raw()
             self._cache_keys.clear()  # the files as they are now, after any generation
-            for split in SPLITS:
+            for split in self.used_splits:
                 path = self.cache_path(split)
                 if not path.exists():
                     log.info("tokenising %s %s into %s", self.task_name, split, path)
@@ -206,9 +214,12 @@ class LRADataModule(pl.LightningDataModule):
         return dataset
 
     def setup(self, stage: str | None = None) -> None:
-        for split in SPLITS:
+        for split in self.used_splits:
             if split not in self.splits:
-                self.splits[split] = self._load_cache(split).with_format("numpy")
+                rows = self._load_cache(split)
+                if not self.labelled:
+                    rows = rows.remove_columns("label")
+                self.splits[split] = rows.with_format("numpy")
 
     def _load_cache(self, split: str) -> datasets.Dataset:
         """The tokenised split, as `prepare_data` checked (and if need be rebuilt) it."""
@@ -244,10 +255,18 @@ class LRADataModule(pl.LightningDataModule):
                 x = r[name][:n]
                 ids[i, : len(x)] = x
             batch[name] = torch.from_numpy(ids)
+        if not self.labelled:
+            return batch
         labels = np.asarray([r["label"] for r in rows], dtype=np.int64)
         return {**batch, "label": torch.from_numpy(labels)}
 
     def _loader(self, split: str, shuffle: bool) -> StatefulDataLoader:
+        if split not in self.used_splits:
+            raise RuntimeError(
+                f"{self.task_name}: the {split} split is not read here: this DataModule serves the "
+                f"{', '.join(self.used_splits)} split(s) alone (self-pretraining reads the "
+                "training inputs only)"
+            )
         # Stateful: Lightning saves the loader's position in each checkpoint. Training order is
         # a function of (seed, epoch) alone (DistributedSampler.set_epoch), so a resumed run sees
         # exactly the batches the uninterrupted run would have seen.

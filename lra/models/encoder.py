@@ -129,7 +129,9 @@ class Encoder(nn.Module):
         if pooling not in ("cls", "mean", "first"):
             raise ValueError(f"pooling must be cls, mean or first, not '{pooling}'")
         if padding not in ("real", "lra"):
-            raise ValueError(f"task.encoder.padding must be real or lra (LRA's code), not '{padding}'")
+            raise ValueError(
+                f"task.encoder.padding must be real or lra (LRA's code), not '{padding}'"
+            )
         check_init(init)
         self.max_len = max_len
         self.pooling = pooling
@@ -167,9 +169,13 @@ class Encoder(nn.Module):
 
     def mixers(self) -> list[nn.Module]:
         """The token mixer's modules: one per block, plus the shared module if there is one."""
-        return [block.mixer for block in self.blocks] + ([self.shared] if self.shared is not None else [])
+        return [block.mixer for block in self.blocks] + (
+            [self.shared] if self.shared is not None else []
+        )
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def states(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every position's final state [B, n (+1 with a CLS first), D], and the mask the mixers
+        got (None where the batches hold no padding)."""
         B, n = tokens.shape
         if n > self.max_len:
             raise ValueError(f"sequence of {n} tokens exceeds the encoder's max_len={self.max_len}")
@@ -188,10 +194,22 @@ class Encoder(nn.Module):
         shared = self.shared() if self.shared is not None else {}
         for block in self.blocks:
             x = block(x, mask, **shared)
-        x = self.norm(x)
+        return self.norm(x), mask
+
+    def token_states(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The final state of each token [B, n, D] (the CLS left out): what a token-level
+        objective (lra.pretraining) predicts from."""
+        x, _ = self.states(tokens)
+        return x[:, 1:] if self.cls is not None else x
+
+    def pool(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """`states` pooled to one vector per sequence [B, D], as `pooling` says."""
         if self.pooling in ("cls", "first"):
             return x[:, 0]
         if mask is None or self.lra_padding:  # LRA's code: MEAN over every position
             return x.mean(1)
         m = mask.unsqueeze(-1).to(x.dtype)
         return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.pool(*self.states(tokens))

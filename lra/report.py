@@ -4,7 +4,13 @@ Statistics (lra/stats.py): per cell the 95% Student t interval of the mean; per 
 difference from `baseline` with its 95% interval and p-value (paired by seed where both cells
 hold the same seeds, else Welch), Holm–Bonferroni-adjusted across the tasks of the table, and a
 verdict (better / worse / no significant difference at alpha 0.05; "too few seeds" below 3); the
-average over LRA's five tasks with its interval. Cost beside accuracy: parameters, training FLOPs
+average over LRA's five tasks with its interval. A self-pretrained run (`pretrain=mlm` or
+`pretrained=PATH`, lra/pretraining.py) is its own model, `<model>+<objective>` (`igloo+mlm`),
+compared with `baseline+<objective>`; where a model has both cells on a task, the section
+"Self-pretraining" sets from scratch beside self-pretrained: the difference paired by seed, its
+interval and p (Holm-adjusted across tasks per model) and a verdict. A pretraining's own
+results.json (`job_type: pretrain`) holds no test accuracy and is not a run of the table. Cost
+beside accuracy: parameters, training FLOPs
 per step, steps/s, peak memory and wall time per run (means over seeds).
 
 Reads every `results.json` under the given run or multirun directories (default `outputs/`), or the
@@ -15,7 +21,8 @@ shown apart. Only finished runs count: failed and interrupted runs (`status` in 
 the reason) and runs without a test accuracy (killed, still running) are listed apart, never
 averaged or ranked.
 
-Writes `leaderboard.md`, `leaderboard.csv`, `accuracy.png` (per task and model, with error bars),
+Writes `leaderboard.md`, `leaderboard.csv`, `self_pretraining.csv` (where there are pairs),
+`accuracy.png` (per task and model, with error bars),
 `accuracy_vs_params.png` and `accuracy_vs_compute.png` (training FLOPs per run) into `--out`
 (default `outputs/report`), and prints the markdown.
 """
@@ -72,12 +79,42 @@ class Run:
         return self.status == "finished" and self.test_acc is not None
 
 
+BASELINE = "baseline"
+
+
 def model_label(results: dict[str, Any]) -> str:
-    """The model's name in the table: with ` [best]` where the run tested its best-by-validation
-    checkpoint (`test_checkpoint=best`; every run before the switch existed), so that it is never
-    averaged with runs that tested their final weights, as LRA's code does."""
-    tested = results.get("tested", "best")
-    return f"{results['model']} [best]" if tested == "best" else results["model"]
+    """The model's name in the table: `+<objective>` where its encoder was self-pretrained
+    (`pretrained` in results.json), so that it is never averaged with runs from scratch; ` [best]`
+    where the run tested its best-by-validation checkpoint (`test_checkpoint=best`; every run
+    before the switch existed), so that it is never averaged with runs that tested their final
+    weights, as LRA's code does."""
+    name = results["model"] + pretrained_tag(results.get("pretrained"))
+    return f"{name} [best]" if results.get("tested", "best") == "best" else name
+
+
+def pretrained_tag(pretrained: dict[str, Any] | None) -> str:
+    """`+mlm` for a run fine-tuned from a masked-token pretraining; nothing from scratch."""
+    return f"+{pretrained.get('objective', 'pretrained')}" if pretrained else ""
+
+
+def scratch_of(model: str) -> tuple[str, str]:
+    """A model label's (label from scratch, objective): `igloo+mlm [best]` -> (`igloo [best]`,
+    `mlm`); a label from scratch -> (itself, "")."""
+    name, space, rest = model.partition(" ")
+    base, _, objective = name.partition("+")
+    return base + space + rest, objective
+
+
+def reference_of_model(model: str, baseline: str = BASELINE) -> str:
+    """The model each cell is compared with: `baseline`, or `baseline+mlm` for a self-pretrained
+    one (the same pretraining for both)."""
+    _, objective = scratch_of(model)
+    return f"{baseline}+{objective}" if objective else baseline
+
+
+def is_pretraining(results: dict[str, Any]) -> bool:
+    """A pretraining's own results.json (lra.pretrain, or a `pretrain=mlm` job's first stage)."""
+    return results.get("job_type") == "pretrain"
 
 
 COST = {  # results.json field -> (column, format)
@@ -114,8 +151,12 @@ def load_runs(dirs: list[Path]) -> list[Run]:
             raise FileNotFoundError(
                 f"{d} not found: give the run or multirun directories to report"
             )
+        pretrainings = set()
         for path in sorted(d.rglob("results.json")):
             r = json.loads(path.read_text())
+            if is_pretraining(r):  # no test accuracy: a stage of a run, not a run of the table
+                pretrainings.add(str(path.parent))
+                continue
             status = r.get("status", "finished" if r.get("test_acc") is not None else "incomplete")
             runs.append(
                 Run(r["task"], model_label(r), int(r["seed"]), r.get("test_acc"),
@@ -123,17 +164,29 @@ def load_runs(dirs: list[Path]) -> list[Run]:
                     r.get("reason") or "", bool(r.get("val_is_test")),
                     reference_of(r.get("config") or {}), cost_of(r))
             )  # fmt: skip
-        done = {run.source for run in runs}
+        done = {run.source for run in runs} | pretrainings
         for cfg_path in sorted(d.rglob(".hydra/config.yaml")):
             run_dir = cfg_path.parents[1]
             if str(run_dir) in done or not (run_dir / "checkpoints").exists():
                 continue  # a --cfg dry run or a data preparation, not a training run
+            if hydra_job_name(cfg_path.parent) == "pretrain":
+                continue  # an unfinished `python -m lra.pretrain`: no run of the table
             cfg = yaml.safe_load(cfg_path.read_text())
+            objective = (cfg.get("pretrain") or {}).get("objective", "none")
+            tag = f"+{objective}" if cfg.get("pretrained") or objective != "none" else ""
             runs.append(
-                Run(cfg["task"]["name"], cfg["model"]["name"], int(cfg["seed"]), None, None,
+                Run(cfg["task"]["name"], cfg["model"]["name"] + tag, int(cfg["seed"]), None, None,
                     str(run_dir), "incomplete")
             )  # fmt: skip
     return runs
+
+
+def hydra_job_name(hydra_dir: Path) -> str | None:
+    """The Hydra job's name (`train`, `pretrain`) from its `.hydra/hydra.yaml`, if there is one."""
+    try:
+        return yaml.safe_load((hydra_dir / "hydra.yaml").read_text())["hydra"]["job"]["name"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
 
 
 def load_wandb_runs(path: str) -> list[Run]:
@@ -143,10 +196,13 @@ def load_wandb_runs(path: str) -> list[Run]:
     runs = []
     for r in wandb.Api().runs(path):
         cfg, summary = r.config, r.summary
+        if cfg.get("job_type") == "pretrain" or getattr(r, "job_type", None) == "pretrain":
+            continue  # a pretraining: no test accuracy
         status = "finished" if r.state == "finished" else r.state  # failed, crashed, running
         runs.append(
             Run(cfg["task"]["name"], model_label({"model": cfg["model"]["name"],
-                                                  "tested": cfg.get("test_checkpoint", "best")}),
+                                                  "tested": cfg.get("test_checkpoint", "best"),
+                                                  "pretrained": cfg.get("pretrained_from")}),
                 int(cfg.get("seed", 0)), summary.get("test/acc"), summary.get("params/total"),
                 r.url, status,
                 reference=reference_of(cfg),
@@ -194,20 +250,43 @@ def by_seed(cell: dict[str, Any]) -> dict[Any, float]:
     return cell["by_seed"] or {("run", i): v for i, v in enumerate(cell["values"])}
 
 
-def comparisons(cells: dict, baseline: str = "baseline") -> dict[tuple[str, str], dict[str, Any]]:
-    """(task, model) -> its difference from `baseline` on the task, Holm-adjusted p and verdict."""
+def comparisons(cells: dict, baseline: str = BASELINE) -> dict[tuple[str, str], dict[str, Any]]:
+    """(task, model) -> its difference from `baseline` on the task (`baseline+mlm` for a
+    self-pretrained model), Holm-adjusted p and verdict."""
+    pairs = {
+        (t, m): (t, reference_of_model(m, baseline))
+        for t, m in cells
+        if m != reference_of_model(m, baseline)
+    }
+    return compare(cells, pairs)
+
+
+def compare(cells: dict, pairs: dict[tuple[str, str], tuple[str, str]]) -> dict:
+    """For each cell -> its reference cell: the difference (paired by seed where both hold the
+    same seeds, else Welch), p Holm-adjusted across the tasks of each model, and a verdict."""
+    by_model: dict[str, dict[str, tuple]] = defaultdict(dict)
+    for (t, m), ref in pairs.items():
+        if (t, m) in cells and ref in cells:
+            by_model[m][t] = ref
     out: dict[tuple[str, str], dict[str, Any]] = {}
-    models = sorted({m for _, m in cells} - {baseline})
-    for model in models:
-        tasks = [t for t, m in cells if m == model and (t, baseline) in cells]
-        diffs = {t: stats.difference(by_seed(cells[(t, model)]), by_seed(cells[(t, baseline)]))
-                 for t in tasks}  # fmt: skip
+    for model, refs in sorted(by_model.items()):
+        diffs = {t: stats.difference(by_seed(cells[(t, model)]), by_seed(cells[ref]))
+                 for t, ref in refs.items()}  # fmt: skip
         adjusted = stats.holm({t: d.p for t, d in diffs.items()})
         for t, d in diffs.items():
-            n_model, n_base = cells[(t, model)]["n"], cells[(t, baseline)]["n"]
-            call = stats.verdict(d, adjusted[t], n_model, n_base)
+            n_model, n_ref = cells[(t, model)]["n"], cells[refs[t]]["n"]
+            call = stats.verdict(d, adjusted[t], n_model, n_ref)
             out[(t, model)] = {"d": d, "p_holm": adjusted[t], "verdict": call}
     return out
+
+
+def pretraining_pairs(cells: dict) -> dict[tuple[str, str], tuple[str, str]]:
+    """Each self-pretrained cell -> the same model's cell from scratch on the same task."""
+    return {
+        (t, m): (t, scratch_of(m)[0])
+        for t, m in cells
+        if scratch_of(m)[1] and (t, scratch_of(m)[0]) in cells
+    }
 
 
 def task_order(tasks: set[str]) -> list[str]:
@@ -228,12 +307,45 @@ def p_value(v: float) -> str:
     return "–" if v != v else (f"{v:.2g}" if v < 0.001 else f"{v:.3f}")
 
 
+def difference_cells(v: dict[str, Any]) -> list[str]:
+    """A comparison's Δ, its interval, test, p, Holm's p and verdict, as table cells."""
+    d = v["d"]
+    return [f"{d.diff:+.2f}", f"[{d.lo:+.2f}, {d.hi:+.2f}]" if d.lo == d.lo else "–", d.test,
+            p_value(d.p), p_value(v["p_holm"]), v["verdict"]]  # fmt: skip
+
+
+def interval_cell(c: dict[str, Any]) -> str:
+    return f"{pct(c['mean'])} [{pct(c['lo'])}, {pct(c['hi'])}] (n={c['n']})"
+
+
+def pretraining_section(cells: dict, tasks: list[str]) -> list[str]:
+    """From scratch beside self-pretrained, per task and model, the same fine-tuning."""
+    pairs = pretraining_pairs(cells)
+    if not pairs:
+        return []
+    versus = compare(cells, pairs)
+    out = [
+        "## Self-pretraining: from scratch vs self-pretrained (the same fine-tuning), 95% intervals; "
+        f"Δ = self-pretrained − from scratch, p Holm-adjusted across tasks per model; verdict at "
+        f"alpha {stats.ALPHA}",
+        "",
+        "| task | model | from scratch | self-pretrained | Δ | 95% CI of Δ | test | p | p (Holm) "
+        "| verdict |",
+        "|---|---|---|---|---:|---|---|---:|---:|---|",
+    ]
+    for (t, m), ref in sorted(pairs.items(), key=lambda kv: (tasks.index(kv[0][0]), kv[0][1])):
+        row = [t, m, interval_cell(cells[ref]), interval_cell(cells[(t, m)])]
+        out.append("| " + " | ".join(row + difference_cells(versus[(t, m)])) + " |")
+    return [*out, ""]
+
+
 def statistics_section(cells: dict, tasks: list[str]) -> list[str]:
     """Per cell the interval; per task and model the difference from baseline and the verdict."""
     versus = comparisons(cells)
     out = [
-        f"## Statistics: 95% intervals (Student t); differences from baseline, p Holm-adjusted "
-        f"across tasks per model; verdict at alpha {stats.ALPHA}",
+        f"## Statistics: 95% intervals (Student t); differences from baseline (from baseline+mlm "
+        f"where self-pretrained), p Holm-adjusted across tasks per model; verdict at alpha "
+        f"{stats.ALPHA}",
         "",
         "| task | model | mean | std | n | 95% CI | Δ vs baseline | 95% CI of Δ | test | p "
         "| p (Holm) | verdict |",
@@ -249,12 +361,10 @@ def statistics_section(cells: dict, tasks: list[str]) -> list[str]:
             f"[{pct(c['lo'])}, {pct(c['hi'])}]",
         ]
         if (t, m) in versus:
-            v = versus[(t, m)]
-            d = v["d"]
-            row += [f"{d.diff:+.2f}", f"[{d.lo:+.2f}, {d.hi:+.2f}]" if d.lo == d.lo else "–",
-                    d.test, p_value(d.p), p_value(v["p_holm"]), v["verdict"]]  # fmt: skip
+            row += difference_cells(versus[(t, m)])
         else:
-            row += ["", "", "", "", "", "the reference" if m == "baseline" else "no baseline"]
+            reference = m == reference_of_model(m)
+            row += ["", "", "", "", "", "the reference" if reference else "no baseline"]
         out.append("| " + " | ".join(row) + " |")
     averages = []
     for m in sorted({m for _, m in cells}):
@@ -325,6 +435,7 @@ def markdown(runs: list[Run], cells: dict, reference: bool) -> str:
             "",
         ]
     out += statistics_section(cells, tasks)
+    out += pretraining_section(cells, tasks)
     out += cost_section(cells, tasks)
     out += ["## Parameters", "", "| task | model | parameters | seeds |", "|---|---|---|---|"]
     for (t, m), c in sorted(cells.items(), key=lambda kv: (tasks.index(kv[0][0]), kv[0][1])):
@@ -369,17 +480,41 @@ def reproductions(runs: list[Run]) -> list[str]:
     return [*out, ""]
 
 
+def csv_difference(v: dict[str, Any] | None) -> str:
+    if not v:
+        return ",,,,,,"
+    d = v["d"]
+    return (f"{d.diff:.6f},{d.lo:.6f},{d.hi:.6f},{d.test},{d.p:.10g},{v['p_holm']:.10g},"
+            f"{v['verdict']}")  # fmt: skip
+
+
+def csv_cell(c: dict[str, Any]) -> str:
+    return f"{c['mean']:.6f},{c['std']:.6f},{c['n']},{c['lo']:.6f},{c['hi']:.6f}"
+
+
 def write_csv(path: Path, cells: dict) -> None:
     versus = comparisons(cells)
     rows = ["task,model,mean,std,n,ci_lo,ci_hi,diff,diff_lo,diff_hi,test,p,p_holm,verdict,params"]
     for (t, m), c in sorted(cells.items()):
-        v = versus.get((t, m))
-        d = v["d"] if v else None
-        vs = (f"{d.diff:.6f},{d.lo:.6f},{d.hi:.6f},{d.test},{d.p:.10g},{v['p_holm']:.10g},"
-              f"{v['verdict']}" if v else ",,,,,,")  # fmt: skip
-        rows.append(f"{t},{m},{c['mean']:.6f},{c['std']:.6f},{c['n']},{c['lo']:.6f},"
-                    f"{c['hi']:.6f},{vs},{c['params'] or ''}")  # fmt: skip
+        rows.append(f"{t},{m},{csv_cell(c)},{csv_difference(versus.get((t, m)))},"
+                    f"{c['params'] or ''}")  # fmt: skip
     write_text(path, "\n".join(rows) + "\n")
+
+
+def write_pretraining_csv(path: Path, cells: dict) -> bool:
+    """self_pretraining.csv: per task and model, from scratch, self-pretrained, the difference."""
+    pairs = pretraining_pairs(cells)
+    if not pairs:
+        return False
+    versus = compare(cells, pairs)
+    cols = "mean,std,n,ci_lo,ci_hi"
+    rows = [f"task,model,scratch_model,{cols.replace(',', ',scratch_').join(['scratch_', ''])},"
+            f"{cols},diff,diff_lo,diff_hi,test,p,p_holm,verdict"]  # fmt: skip
+    for (t, m), ref in sorted(pairs.items()):
+        rows.append(f"{t},{m},{ref[1]},{csv_cell(cells[ref])},{csv_cell(cells[(t, m)])},"
+                    f"{csv_difference(versus[(t, m)])}")  # fmt: skip
+    write_text(path, "\n".join(rows) + "\n")
+    return True
 
 
 def plot(out: Path, cells: dict) -> None:
@@ -476,12 +611,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     write_text(args.out / "leaderboard.md", text)
     write_csv(args.out / "leaderboard.csv", cells)
+    pretraining = write_pretraining_csv(args.out / "self_pretraining.csv", cells)
     if cells:
         plot(args.out, cells)
     print(text)
     print(
-        f"wrote {args.out}/leaderboard.md, leaderboard.csv, accuracy.png, accuracy_vs_params.png"
-        ", accuracy_vs_compute.png (where the runs counted FLOPs)"
+        f"wrote {args.out}/leaderboard.md, leaderboard.csv, "
+        + ("self_pretraining.csv, " if pretraining else "")
+        + "accuracy.png, accuracy_vs_params.png, accuracy_vs_compute.png (where the runs counted "
+        "FLOPs)"
     )
     return 0
 

@@ -325,7 +325,8 @@ def pretraining_section(cells: dict, tasks: list[str]) -> list[str]:
         return []
     versus = compare(cells, pairs)
     out = [
-        "## Self-pretraining: from scratch vs self-pretrained (the same fine-tuning), 95% intervals; "
+        "## Self-pretraining: from scratch vs self-pretrained (the same fine-tuning), 95% "
+        "intervals; "
         f"Δ = self-pretrained − from scratch, p Holm-adjusted across tasks per model; verdict at "
         f"alpha {stats.ALPHA}",
         "",

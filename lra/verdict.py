@@ -16,8 +16,9 @@ its statistics, into `OUT/report/`.
 `--pretrain none,mlm` (or a preset's `pretrain:`) adds one more axis: `none` trains from
 scratch, `mlm` self-pretrains the encoder on the task's training inputs first (`pretrain=mlm`,
 both stages in one job, lra/pretraining.py) and fine-tunes for the same steps, in
-`OUT/runs/<task>-<model>-mlm-s<seed>/`; a preset's `pretrain_overrides` (per task) apply to those
-runs only. A whole network with its own head (`igloo_lra`) cannot be self-pretrained: its
+`OUT/runs/<task>-<model>-mlm-s<seed>/`; a preset's `pretrain_overrides` (per task) and the
+overrides of `pretrain.` keys given after `--` apply to those runs only. A whole network with
+its own head (`igloo_lra`) cannot be self-pretrained: its
 `mlm` cells are left out, and said so. Exit 0 when every run of the grid finished, else 1 (the
 report still lists what finished, and the failed runs apart).
 """
@@ -44,7 +45,8 @@ LAUNCHERS = {"local": [], "slurm": ["hydra/launcher=slurm"]}
 
 SCRATCH = "none"
 # the run folder's name, as lra.train names the run (conf/config.yaml run_name, lra.pretrain_tag)
-SUBDIR = "'${task.name}-${model.name}${lra.pretrain_tag:${pretrain.objective}}-s${seed}'"  # quoted for Hydra's override grammar
+# (quoted for Hydra's override grammar)
+SUBDIR = "'${task.name}-${model.name}${lra.pretrain_tag:${pretrain.objective}}-s${seed}'"
 
 
 def run_dir(out: Path, task: str, model: str, seed: int, pretrain: str = SCRATCH) -> Path:
@@ -100,6 +102,11 @@ def command(out: Path, task: str, model: str, seeds: list[int], group: str, laun
     ]  # fmt: skip
 
 
+def for_pretraining(override: str) -> bool:
+    """Does an override set the pretraining (`pretrain.steps=500`), not a group (`pretrain=mlm`)?"""
+    return override.lstrip("+~").startswith("pretrain.")
+
+
 def load_preset(name: str) -> dict[str, Any]:
     path = PRESETS / f"{name}.yaml"
     if not path.exists():
@@ -146,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [p for p in pretrains if not (CONF_DIR / "pretrain" / f"{p}.yaml").exists()]
     if unknown:
         known = ", ".join(sorted(p.stem for p in (CONF_DIR / "pretrain").glob("*.yaml")))
-        parser.error(f"--pretrain {','.join(unknown)}: no conf/pretrain/ of that name; known: {known}")
+        parser.error(
+            f"--pretrain {','.join(unknown)}: no conf/pretrain/ of that name; known: {known}"
+        )
     launcher = args.launcher or preset.get("launcher", "local")
     out = (args.out or Path("outputs/verdict") / (args.preset or "grid")).resolve()
     group = args.group or f"verdict-{out.name}"
@@ -156,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     if any(p != SCRATCH for p in pretrains):
         for model in models:
             if not pretrainable(model):
-                print(f"verdict: {model} is a whole network with its own head (model.architecture"
-                      f"): it cannot be self-pretrained, so it runs from scratch only", flush=True)  # fmt: skip
+                print(f"verdict: {model} is a whole network with its own head (model."
+                      "architecture): it cannot be self-pretrained, so it runs from scratch only",
+                      flush=True)  # fmt: skip
 
     todo = missing(out, tasks, models, seeds, pretrains)
     total = len(cells(tasks, models, pretrains)) * len(seeds)
@@ -169,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = [*overrides, *per_task.get(task, [])]
         if p != SCRATCH:
             extra += per_task_pretrain.get(task, [])
+        else:  # from scratch there is no pretraining to set
+            extra = [o for o in extra if not for_pretraining(o)]
         cmd = command(out, task, model, todo_seeds, group, launcher, extra, p)
         print("+ " + " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, env=env, check=False)  # a failed run is in its results.json

@@ -289,3 +289,81 @@ def test_the_report_from_wandb_has_the_same_tables_from_the_same_numbers(
     assert "| listops | igloo | 39.50 |" in from_files and "paired" in from_files
     csv_files = (tmp_path / "files" / "leaderboard.csv").read_text()
     assert csv_files == (tmp_path / "wandb" / "leaderboard.csv").read_text()
+
+
+def test_self_pretrained_runs_are_their_own_cells_beside_from_scratch(tmp_path: Path) -> None:
+    """`pretrained` in results.json makes `<model>+mlm`, compared with baseline+mlm and with the
+    same model from scratch (paired by seed); a pretraining's own results.json is no run."""
+    from lra.report import main as report_main
+
+    acc = {  # (task, model, self-pretrained?) -> {seed: accuracy in %}
+        ("listops", "baseline", False): {0: 36.0, 1: 37.5, 2: 35.0},
+        ("listops", "baseline", True): {0: 44.0, 1: 46.5, 2: 45.0},
+        ("listops", "igloo", False): {0: 39.0, 1: 41.0, 2: 38.5},
+        ("listops", "igloo", True): {0: 40.0, 1: 40.5, 2: 39.0},
+        ("text", "igloo", False): {0: 60.0, 1: 61.0, 2: 59.0},
+        ("text", "igloo", True): {0: 66.0, 1: 69.0, 2: 67.5},
+    }
+    root = tmp_path / "runs"
+    for (task, model, pre), by_seed in acc.items():
+        for seed, a in by_seed.items():
+            d = root / f"{task}-{model}{'-mlm' if pre else ''}-s{seed}"
+            d.mkdir(parents=True)
+            pretrained = {"objective": "mlm", "steps": 500, "path": str(d / "pretrain")}
+            (d / "results.json").write_text(json.dumps(
+                {"task": task, "model": model, "seed": seed, "test_acc": a / 100,
+                 "tested": "last", "params": {"total": 10},
+                 "pretrained": pretrained if pre else None}))  # fmt: skip
+            if pre:  # the job's first stage: no test accuracy, not a run of the table
+                (d / "pretrain").mkdir()
+                (d / "pretrain" / "results.json").write_text(json.dumps(
+                    {"task": task, "model": model, "seed": seed, "job_type": "pretrain",
+                     "status": "finished", "steps": 500}))  # fmt: skip
+    killed = root / "listops-igloo-mlm-s3"  # a pretrain=mlm job killed in its pretraining
+    (killed / ".hydra").mkdir(parents=True)
+    (killed / "checkpoints").mkdir()
+    (killed / ".hydra" / "config.yaml").write_text(
+        "task:\n  name: listops\nmodel:\n  name: igloo\nseed: 3\npretrain:\n  objective: mlm\n"
+    )
+    alone = root / "pretrain-listops-igloo-mlm-s0" / "t0"  # python -m lra.pretrain, cut short
+    (alone / ".hydra").mkdir(parents=True)
+    (alone / "checkpoints").mkdir()
+    (alone / ".hydra" / "config.yaml").write_text((killed / ".hydra" / "config.yaml").read_text())
+    (alone / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    name: pretrain\n")
+    assert report_main([str(root), "--out", str(tmp_path / "report")]) == 0
+    md = (tmp_path / "report" / "leaderboard.md").read_text()
+    with open(tmp_path / "report" / "leaderboard.csv") as f:
+        board = {(r["task"], r["model"]): r for r in csv.DictReader(f)}
+    assert set(board) == {("listops", "baseline"), ("listops", "baseline+mlm"),
+                          ("listops", "igloo"), ("listops", "igloo+mlm"), ("text", "igloo"),
+                          ("text", "igloo+mlm")}  # fmt: skip
+    assert all(int(r["n"]) == 3 for r in board.values()), "the stages and the killed are no runs"
+    d = [
+        acc[("listops", "igloo", True)][s] - acc[("listops", "baseline", True)][s] for s in range(3)
+    ]
+    assert float(board[("listops", "igloo+mlm")]["diff"]) == pytest.approx(statistics.mean(d))
+    assert "| listops | baseline+mlm | " in md and "the reference" in md
+    with open(tmp_path / "report" / "self_pretraining.csv") as f:
+        pairs = {(r["task"], r["model"]): r for r in csv.DictReader(f)}
+    assert set(pairs) == {("listops", "baseline+mlm"), ("listops", "igloo+mlm"),
+                          ("text", "igloo+mlm")}  # fmt: skip
+    for (task, model), r in pairs.items():
+        name = model.removesuffix("+mlm")
+        d = [acc[(task, name, True)][s] - acc[(task, name, False)][s] for s in range(3)]
+        assert r["scratch_model"] == name and r["test"] == "paired"
+        assert float(r["diff"]) == pytest.approx(statistics.mean(d))
+        lo, hi = t_interval(d)
+        assert (float(r["diff_lo"]), float(r["diff_hi"])) == (pytest.approx(lo), pytest.approx(hi))
+        assert float(r["scratch_mean"]) == pytest.approx(
+            statistics.mean(acc[(task, name, False)].values())
+        )
+    assert pairs[("listops", "baseline+mlm")]["verdict"] == "better", "+9 points on every seed"
+    p = {t: float(pairs[(t, "igloo+mlm")]["p"]) for t in ("listops", "text")}
+    assert float(pairs[("text", "igloo+mlm")]["p_holm"]) == pytest.approx(
+        min(1, 2 * min(p.values()))
+    )
+    section = md.split("## Self-pretraining")[1].split("##")[0]
+    assert "| listops | igloo+mlm | 39.50 [" in section and "(n=3) | 39.83 [" in section
+    incomplete = md.split("## Incomplete runs")[1]
+    assert "(1)" in incomplete and "listops / igloo+mlm / seed 3" in incomplete
+    assert "pretrain-listops" not in incomplete, "a pretraining alone is not a run of the table"

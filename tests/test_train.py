@@ -183,7 +183,14 @@ def test_sigterm_ends_the_run_non_zero_and_results_say_interrupted(runs: Runs, m
     assert r["steps"] == 3, "the step under way when the signal came is completed"
 
 
-COMMANDS = {"lra.train", "lra.params", "lra.report", "lra.data.prepare"}  # python -m ...
+COMMANDS = {
+    "lra.train",
+    "lra.pretrain",
+    "lra.params",
+    "lra.report",
+    "lra.data.prepare",
+    "lra.verdict",
+}  # python -m ...
 
 
 def imported_modules(path: Path) -> set[str]:

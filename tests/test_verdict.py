@@ -11,11 +11,12 @@ from lra.build import compose
 from lra.verdict import load_preset, missing, run_dir
 
 GRID = ["--tasks", "listops_small", "--models", "baseline,igloo"]
+STEPS = ("pretrain.steps=2",)  # for the self-pretrained runs alone
 
 
-def verdict(cli: CLI, out: Path, *args: str):
+def verdict(cli: CLI, out: Path, *args: str, overrides: tuple[str, ...] = ()):
     tiny = [o for o in TINY if not o.startswith("task=")]  # the verdict names the tasks
-    return cli.run(*args, "--out", str(out), "--", *tiny, "logger=csv",
+    return cli.run(*args, "--out", str(out), "--", *tiny, *overrides, "logger=csv",
                    f"paths.data_dir={cli.data_dir}", f"paths.log_dir={cli.root / 'outputs'}",
                    module="lra.verdict")  # fmt: skip
 
@@ -69,3 +70,39 @@ def test_the_cpu_pathfinder_generates_its_own_16px_set_and_trains(runs) -> None:
     assert r["status"] == "finished" and r["steps"] == 2 and r["params"]["match"] is True
     images = list((runs.data_dir / "pathfinder_cpu" / "pathfinder16").rglob("*.png"))
     assert len(images) == 40
+
+
+def test_the_pretrain_axis_runs_scratch_and_self_pretrained_cells_and_reports_them_side_by_side(
+    cli: CLI, tmp_path
+) -> None:
+    out = tmp_path / "verdict"
+    proc = ok(verdict(cli, out, "--tasks", "listops_small", "--models", "igloo,igloo_lra",
+                      "--pretrain", "none,mlm", "--seeds", "0", overrides=STEPS))  # fmt: skip
+    assert "igloo_lra is a whole network with its own head" in proc.stdout
+    assert "0 of 3 runs finished; running 3" in proc.stdout
+    assert {p.name for p in (out / "runs").iterdir() if p.is_dir()} == {
+        "listops_small-igloo-s0", "listops_small-igloo_lra-s0",
+        "listops_small-igloo-mlm-s0"}  # fmt: skip
+    tuned = json.loads(
+        (run_dir(out, "listops_small", "igloo", 0, "mlm") / "results.json").read_text()
+    )
+    assert tuned["pretrained"]["steps"] == 2 and tuned["steps"] == 4, "the same fine-tuning steps"
+    scratch = json.loads((run_dir(out, "listops_small", "igloo", 0) / "results.json").read_text())
+    assert scratch["pretrained"] is None and scratch["steps"] == 4
+    md = (out / "report" / "leaderboard.md").read_text()
+    assert "## Self-pretraining: from scratch vs self-pretrained" in md
+    assert "| listops_small | igloo+mlm | " in md and "Incomplete runs (0)" in md
+    assert (out / "report" / "self_pretraining.csv").is_file()
+    assert missing(out, ["listops_small"], ["igloo", "igloo_lra"], [0], ["none", "mlm"]) == {}
+    again = ok(verdict(cli, out, "--tasks", "listops_small", "--models", "igloo,igloo_lra",
+                       "--pretrain", "none,mlm", "--seeds", "0", overrides=STEPS))  # fmt: skip
+    assert "3 of 3 runs finished; running 0" in again.stdout
+
+
+def test_cpu_pretrain_preset_is_the_cpu_verdict_with_the_pretrain_axis() -> None:
+    cpu, pre = load_preset("cpu"), load_preset("cpu_pretrain")
+    assert pre["tasks"] == cpu["tasks"] and pre["seeds"] == cpu["seeds"]
+    assert pre["models"] == [m for m in cpu["models"] if m != "igloo_lra"]
+    assert pre["pretrain"] == ["none", "mlm"]
+    assert pre["overrides"] == cpu["overrides"] and pre["task_overrides"] == cpu["task_overrides"]
+    assert set(pre["pretrain_overrides"]) == set(pre["tasks"])

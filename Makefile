@@ -25,8 +25,10 @@ $(STAMP): pyproject.toml $(TORCH_STAMP)
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
+# pytest-xdist workers for make test and test-fast (0: one process, as pytest alone runs)
+TEST_WORKERS ?= 2
 test: install
-	WANDB_MODE=offline $(BIN)/python -m pytest -q -m "not slurm" tests
+	WANDB_MODE=offline $(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slurm" tests
 
 # the SLURM tests (tests/slurm) on a one-node cluster that tests/slurm/up.sh installs (as root,
 # with apt-get) and starts here; every daemon it started is stopped afterwards, pass or fail.
@@ -41,7 +43,7 @@ test-slurm: install
 
 # the inner loop: everything but the end-to-end runs through real processes (marked slow)
 test-fast: install
-	WANDB_MODE=offline $(BIN)/python -m pytest -q -m "not slow" tests
+	WANDB_MODE=offline $(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests
 
 demo: install
 	WANDB_MODE=offline $(BIN)/python -m lra.train experiment=demo

@@ -123,11 +123,28 @@ COST = {  # results.json field -> (column, format)
     "steps_per_s": ("steps/s", lambda v: f"{v:.2f}"),
     "peak_memory_mb": ("peak memory MB", lambda v: f"{v:,.0f}"),
     "wall_seconds": ("wall s/run", lambda v: f"{v:,.0f}"),
+    # a self-pretrained run: its pretraining's own wall time (not in wall_seconds' fine-tuning)
+    "pretrain_wall_seconds": ("pretraining s/run", lambda v: f"{v:,.0f}"),
 }
 
 
 def cost_of(r: dict[str, Any]) -> tuple[tuple[str, float], ...]:
     return tuple((k, float(r[k])) for k in COST if r.get(k) is not None)
+
+
+def pretraining_cost(r: dict[str, Any], run_dir: Path) -> dict[str, float]:
+    """A self-pretrained run's pretraining wall time, from the pretraining's results.json: the
+    job's own stage (`RUN_DIR/pretrain/`), else the folder of the encoder it loaded."""
+    pre = r.get("pretrained") or {}
+    places = [run_dir / "pretrain", *([Path(pre["path"]).parent] if pre.get("path") else [])]
+    for place in places:
+        try:
+            stage = json.loads((place / "results.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if is_pretraining(stage) and stage.get("wall_seconds") is not None:
+            return {"pretrain_wall_seconds": float(stage["wall_seconds"])}
+    return {}
 
 
 def reference_of(cfg: dict[str, Any]) -> tuple[str, float | None, str] | None:
@@ -158,6 +175,8 @@ def load_runs(dirs: list[Path]) -> list[Run]:
                 pretrainings.add(str(path.parent))
                 continue
             status = r.get("status", "finished" if r.get("test_acc") is not None else "incomplete")
+            if r.get("pretrained"):
+                r = {**r, **pretraining_cost(r, path.parent)}
             runs.append(
                 Run(r["task"], model_label(r), int(r["seed"]), r.get("test_acc"),
                     (r.get("params") or {}).get("total"), str(path.parent), status,

@@ -318,7 +318,7 @@ def test_self_pretrained_runs_are_their_own_cells_beside_from_scratch(tmp_path: 
                 (d / "pretrain").mkdir()
                 (d / "pretrain" / "results.json").write_text(json.dumps(
                     {"task": task, "model": model, "seed": seed, "job_type": "pretrain",
-                     "status": "finished", "steps": 500}))  # fmt: skip
+                     "status": "finished", "steps": 500, "wall_seconds": 30.0 + seed}))  # fmt: skip
     killed = root / "listops-igloo-mlm-s3"  # a pretrain=mlm job killed in its pretraining
     (killed / ".hydra").mkdir(parents=True)
     (killed / "checkpoints").mkdir()
@@ -364,6 +364,9 @@ def test_self_pretrained_runs_are_their_own_cells_beside_from_scratch(tmp_path: 
     )
     section = md.split("## Self-pretraining")[1].split("##")[0]
     assert "| listops | igloo+mlm | 39.50 [" in section and "(n=3) | 39.83 [" in section
+    cost = md.split("## Cost")[1].split("##")[0]
+    assert "pretraining s/run" in cost and "| text | igloo+mlm | 10 | 31 |" in cost, cost
+    assert "| text | igloo | 10 |  |" in cost, "from scratch: no pretraining"
     incomplete = md.split("## Incomplete runs")[1]
     assert "(1)" in incomplete and "listops / igloo+mlm / seed 3" in incomplete
     assert "pretrain-listops" not in incomplete, "a pretraining alone is not a run of the table"

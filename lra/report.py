@@ -123,7 +123,8 @@ COST = {  # results.json field -> (column, format)
     "steps_per_s": ("steps/s", lambda v: f"{v:.2f}"),
     "peak_memory_mb": ("peak memory MB", lambda v: f"{v:,.0f}"),
     "wall_seconds": ("wall s/run", lambda v: f"{v:,.0f}"),
-    # a self-pretrained run: its pretraining's own wall time (not in wall_seconds' fine-tuning)
+    # a self-pretrained run: its pretraining's own wall time (within wall s/run for a job of both
+    # stages, `pretrain=mlm`; apart from it for `pretrained=PATH`)
     "pretrain_wall_seconds": ("pretraining s/run", lambda v: f"{v:,.0f}"),
 }
 

@@ -350,12 +350,12 @@ def pretraining_section(cells: dict, tasks: list[str]) -> list[str]:
         f"Δ = self-pretrained − from scratch, p Holm-adjusted across tasks per model; verdict at "
         f"alpha {stats.ALPHA}",
         "",
-        "| task | model | from scratch | self-pretrained | Δ | 95% CI of Δ | test | p | p (Holm) "
-        "| verdict |",
-        "|---|---|---|---|---:|---|---|---:|---:|---|",
+        "| task | model | pretraining | from scratch | self-pretrained | Δ | 95% CI of Δ | test "
+        "| p | p (Holm) | verdict |",
+        "|---|---|---|---|---|---:|---|---|---:|---:|---|",
     ]
     for (t, m), ref in sorted(pairs.items(), key=lambda kv: (tasks.index(kv[0][0]), kv[0][1])):
-        row = [t, m, interval_cell(cells[ref]), interval_cell(cells[(t, m)])]
+        row = [t, ref[1], scratch_of(m)[1], interval_cell(cells[ref]), interval_cell(cells[(t, m)])]
         out.append("| " + " | ".join(row + difference_cells(versus[(t, m)])) + " |")
     return [*out, ""]
 

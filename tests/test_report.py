@@ -363,7 +363,7 @@ def test_self_pretrained_runs_are_their_own_cells_beside_from_scratch(tmp_path: 
         min(1, 2 * min(p.values()))
     )
     section = md.split("## Self-pretraining")[1].split("##")[0]
-    assert "| listops | igloo+mlm | 39.50 [" in section and "(n=3) | 39.83 [" in section
+    assert "| listops | igloo | mlm | 39.50 [" in section and "(n=3) | 39.83 [" in section
     cost = md.split("## Cost")[1].split("##")[0]
     assert "pretraining s/run" in cost and "| text | igloo+mlm | 10 | 31 |" in cost, cost
     assert "| text | igloo | 10 |  |" in cost, "from scratch: no pretraining"

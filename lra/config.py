@@ -17,6 +17,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 LAST = Path("checkpoints") / "last.ckpt"  # a run directory's latest checkpoint
 HYDRA_SUBDIR = ".hydra"
+STAGE = "pretrain"  # a `pretrain=mlm` job's pretraining stage: RUN_DIR/pretrain/
 
 
 def run_dir(runs: str, stamp: str, resume: bool, ckpt_path: str | None) -> str:
@@ -24,9 +25,11 @@ def run_dir(runs: str, stamp: str, resume: bool, ckpt_path: str | None) -> str:
     under RUNS (this run name's folder) that has a last.ckpt, so a resumed run continues in its
     own directory: its checkpoints (the best one too), CSV history, W&B id and results."""
     if resume is True or ckpt_path == "last":
-        earlier = sorted(Path(runs).glob(f"*/{LAST}"), key=lambda p: p.stat().st_mtime)
+        # a run's own last.ckpt, or its pretraining stage's (`pretrain=mlm`, stopped in it)
+        earlier = [*Path(runs).glob(f"*/{LAST}"), *Path(runs).glob(f"*/{STAGE}/{LAST}")]
         if earlier:
-            return str(earlier[-1].parents[1])
+            newest = max(earlier, key=lambda p: p.stat().st_mtime)
+            return str(newest.parents[2] if newest.parents[1].name == STAGE else newest.parents[1])
     return f"{runs}/{stamp}"
 
 
@@ -84,9 +87,12 @@ def mem_gb(accelerator: str, devices: int) -> int:
     return 16 * int(devices) if str(accelerator) in GPU_ACCELERATORS else 4
 
 
-def pretrain_tag(objective: str) -> str:
-    """The run name's mark of a self-pretrained run: `-mlm`; nothing for `pretrain=none`."""
-    return "" if str(objective) == "none" else f"-{objective}"
+def pretrain_tag(objective: str, pretrained: str | None = None) -> str:
+    """The run name's mark of a self-pretrained run: `-mlm` (`pretrain=mlm`), `-pretrained`
+    (`pretrained=PATH`: its own runs, never resumed as one from scratch); nothing from scratch."""
+    if str(objective) != "none":
+        return f"-{objective}"
+    return "-pretrained" if pretrained else ""
 
 
 def in_multirun() -> bool:

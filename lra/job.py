@@ -79,6 +79,15 @@ def finished_results(run_dir: Path) -> dict[str, Any] | None:
 Body = Callable[[DictConfig, dict[str, Any]], dict[str, Any]]
 
 
+class StageStopped(SystemExit):
+    """A stage of a job (`pretrain=mlm`'s pretraining) stopped by a signal: the job ends with
+    the stage's exit code, and its results.json with the stage's status (interrupted, requeued)."""
+
+    def __init__(self, code: int, status: str, reason: str) -> None:
+        super().__init__(code)
+        self.status, self.reason = status, reason
+
+
 def run_job(cfg: DictConfig, body: Body) -> dict[str, Any]:
     """Run one job (`body`: fit and test, or pretrain); returns (and writes to
     run_dir/results.json) what it measured, with `status: finished`. A run that fails (a
@@ -138,6 +147,8 @@ def preempted(e: Preempted, record: dict[str, Any]) -> None:
 
 def outcome(e: BaseException) -> tuple[str, str]:
     """(status, reason) of a run that ended in `e`."""
+    if isinstance(e, StageStopped):
+        return e.status, e.reason
     if isinstance(e, SIGTERMException):
         return "interrupted", "SIGTERM"
     if isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):

@@ -36,6 +36,7 @@ predict from, and no encoder apart from its head to hand to fine-tuning.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from pathlib import Path
@@ -45,17 +46,18 @@ import hydra
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch import nn
 
 from lra.build import build_datamodule, build_net, encoder_config, validate
 from lra.callbacks import AtomicCheckpointIO, LastCheckpoint, RunFacts, StepSeed, check_checkpoint
-from lra.cluster import SlurmSignals, cap_threads, with_slurm_environment
-from lra.config import LAST
+from lra.cluster import SlurmSignals, cap_threads, note_job_for_workers, with_slurm_environment
+from lra.config import LAST, STAGE, in_multirun
 from lra.console import print_summary
 from lra.io import atomic_path, write_json
-from lra.job import find_resume_dir, finished_results, output_dir, run_job
+from lra.job import StageStopped, find_resume_dir, finished_results, output_dir, run_job
 from lra.loggers import build_loggers, log_run_facts
 from lra.matching import match_parameters, matched_facts
 from lra.models.encoder import PAD_ID
@@ -127,7 +129,10 @@ class MaskedTokenNet(nn.Module):
         """Logits [masked positions, vocab_size] of the tokens under the masks."""
         h = self.encoder.token_states(inputs)[where]  # [M, D]
         if self.tied:
-            return h @ self.encoder.embed.weight[: self.vocab_size].T + self.bias
+            # padding is never a target: its logit is -inf, so the padding row of the embedding
+            # gets no gradient through the projection and stays as the encoder keeps it
+            logits = h @ self.encoder.embed.weight[: self.vocab_size].T + self.bias
+            return logits.index_fill(1, torch.tensor([PAD_ID], device=h.device), float("-inf"))
         return self.head(h)
 
     def head_parameters(self) -> int:
@@ -266,6 +271,9 @@ def fit_pretrain(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
         plugins=[*plugins, AtomicCheckpointIO()],
     )  # fmt: skip
     record["trainer"] = trainer
+    if in_multirun():  # local DDP workers run this job, not the whole sweep (lra.cluster)
+        hc = HydraConfig.get()
+        note_job_for_workers(hc.overrides.task, hc.runtime.output_dir)
     t_fit = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.time() - t_fit
@@ -302,8 +310,9 @@ def fit_pretrain(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
     if trainer.is_global_zero:
         save_encoder(run_dir / ENCODER_FILE, net, cfg, facts)
         write_json(run_dir / "results.json", results)
-        record["done"] = True
         print_summary(results)
+    record["done"] = True
+    trainer.strategy.barrier("encoder.pt written")  # every rank fine-tunes from the file
     return results
 
 
@@ -405,12 +414,37 @@ def stage(cfg: DictConfig, run_dir: Path) -> Path:
     (resumed there if it was cut short, skipped if it finished); returns its encoder file."""
 
     out = copy.deepcopy(cfg)
+    where = run_dir / STAGE
     with open_dict(out):
-        out.paths.output_dir = str(run_dir / "pretrain")
+        out.paths.output_dir = str(where)
         out.run_name = f"{cfg.run_name}-pretrain"
         out.resume = True
         out.ckpt_path = None
+    done = finished_results(where)
+    if done is not None:  # a finished stage is reused only for the pretraining it was
+        asked = OmegaConf.to_container(out.pretrain, resolve=True)
+        made = (done.get("config") or {}).get("pretrain") or {}
+        for key in ("checkpoint_every_n_steps",):  # how it was saved, not what it made
+            asked.pop(key, None), made.pop(key, None)
+        why = differences(made, asked, "pretrain.")
+        if why:
+            raise ValueError(
+                f"{where} holds a finished pretraining made with other settings ("
+                + "; ".join(why[:4])
+                + "): rerun with those, or start this job in a new run directory (resume=false)"
+            )
     if rank_zero_only.rank == 0:
-        log.info("pretraining stage (%s) in %s", objective(cfg), out.paths.output_dir)
-    run_job(out, fit_pretrain)
-    return run_dir / "pretrain" / ENCODER_FILE
+        log.info("pretraining stage (%s) in %s", objective(cfg), where)
+    try:
+        run_job(out, fit_pretrain)
+    except SystemExit as e:
+        if not e.code:
+            raise
+        try:
+            stopped = json.loads((where / "results.json").read_text())
+        except (OSError, ValueError):
+            stopped = {}
+        status = stopped.get("status", "failed")
+        reason = f"pretraining stage: {stopped.get('reason') or f'exit code {e.code}'}"
+        raise StageStopped(e.code, status, reason) from e
+    return where / ENCODER_FILE

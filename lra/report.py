@@ -88,13 +88,19 @@ def model_label(results: dict[str, Any]) -> str:
     where the run tested its best-by-validation checkpoint (`test_checkpoint=best`; every run
     before the switch existed), so that it is never averaged with runs that tested their final
     weights, as LRA's code does."""
-    name = results["model"] + pretrained_tag(results.get("pretrained"))
+    name = results["model"] + pretrained_tag(results.get("pretrained"), results.get("task"))
     return f"{name} [best]" if results.get("tested", "best") == "best" else name
 
 
-def pretrained_tag(pretrained: dict[str, Any] | None) -> str:
-    """`+mlm` for a run fine-tuned from a masked-token pretraining; nothing from scratch."""
-    return f"+{pretrained.get('objective', 'pretrained')}" if pretrained else ""
+def pretrained_tag(pretrained: dict[str, Any] | None, task: str | None = None) -> str:
+    """`+mlm` for a run fine-tuned from a masked-token pretraining on its own task's training
+    inputs; `+mlm@<task>` from another task's (no self-pretraining); nothing from scratch."""
+    if not pretrained:
+        return ""
+    on = pretrained.get("task")
+    return f"+{pretrained.get('objective') or 'pretrained'}" + (
+        f"@{on}" if on and task and on != task else ""
+    )
 
 
 def scratch_of(model: str) -> tuple[str, str]:
@@ -193,7 +199,10 @@ def load_runs(dirs: list[Path]) -> list[Run]:
                 continue  # an unfinished `python -m lra.pretrain`: no run of the table
             cfg = yaml.safe_load(cfg_path.read_text())
             objective = (cfg.get("pretrain") or {}).get("objective", "none")
-            tag = f"+{objective}" if cfg.get("pretrained") or objective != "none" else ""
+            pre = objective != "none" or cfg.get("pretrained")
+            tag = pretrained_tag(
+                {"objective": objective if objective != "none" else None} if pre else None
+            )
             runs.append(
                 Run(cfg["task"]["name"], cfg["model"]["name"] + tag, int(cfg["seed"]), None, None,
                     str(run_dir), "incomplete")
@@ -222,7 +231,8 @@ def load_wandb_runs(path: str) -> list[Run]:
         runs.append(
             Run(cfg["task"]["name"], model_label({"model": cfg["model"]["name"],
                                                   "tested": cfg.get("test_checkpoint", "best"),
-                                                  "pretrained": cfg.get("pretrained_from")}),
+                                                  "pretrained": cfg.get("pretrained_from"),
+                                                  "task": cfg["task"]["name"]}),
                 int(cfg.get("seed", 0)), summary.get("test/acc"), summary.get("params/total"),
                 r.url, status,
                 reference=reference_of(cfg),

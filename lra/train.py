@@ -38,7 +38,7 @@ from lra.cluster import (
     with_slurm_environment,
     worker_argv,
 )
-from lra.config import CONF_DIR, LAST, end_job, in_multirun
+from lra.config import CONF_DIR, LAST, STAGE, end_job, in_multirun
 from lra.console import print_config_tree, print_summary
 from lra.io import write_json
 from lra.job import find_resume_dir, finished_results, output_dir, run_job
@@ -46,7 +46,7 @@ from lra.loggers import build_loggers, log_cost, log_run_facts
 from lra.matching import match_parameters, matched_facts
 from lra.memory import check_run, peak_memory_mb
 from lra.models.classifier import count_parameters
-from lra.pretraining import load_pretrained, objective, refuse_whole_networks, stage
+from lra.pretraining import ENCODER_FILE, load_pretrained, objective, refuse_whole_networks, stage
 
 log = logging.getLogger(__name__)
 
@@ -84,20 +84,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return run_job(cfg, fit_and_test)
 
 
-def pretrained_encoder(cfg: DictConfig, run_dir: Path) -> str | Path | None:
+def pretrained_encoder(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> str | Path | None:
     """The encoder this run fine-tunes: `pretrained=PATH`, or with `pretrain=mlm` the one its
-    pretraining stage makes now (lra.pretraining.stage, in RUN_DIR/pretrain); None from scratch."""
+    pretraining stage makes now (lra.pretraining.stage, in RUN_DIR/pretrain); None from scratch.
+    `record` says which before the stage runs, so a job stopped in it is no run from scratch."""
     path, name = cfg.get("pretrained"), objective(cfg)
     if path is not None and name != "none":
         raise ValueError(
             f"pretrained={path} and pretrain={name} both set: fine-tune the given encoder "
             "(pretrain=none) or pretrain one in this job (pretrained=null)"
         )
+    if (path is not None or name != "none") and cfg.get("ckpt_path") not in (None, "last"):
+        raise ValueError(
+            f"ckpt_path={cfg.ckpt_path} with a pretrained encoder: the checkpoint's weights would "
+            "replace it. Start from the checkpoint (pretrained=null, pretrain=none) or from the "
+            "encoder (ckpt_path=null)"
+        )
     if name != "none":
         refuse_whole_networks(cfg)
+        record["pretrained"] = {"objective": name, "path": str(run_dir / STAGE / ENCODER_FILE)}
         return stage(cfg, run_dir)
     if path is not None:
         refuse_whole_networks(cfg)
+        record["pretrained"] = {"path": str(path)}
     return path
 
 
@@ -128,7 +137,8 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
             return done
         log.info("resuming %s from %s", cfg.run_name, ckpt_path)
 
-    pretrained = pretrained_encoder(cfg, run_dir)  # pretrain=mlm: the pretraining stage runs here
+    # pretrain=mlm: the pretraining stage runs here
+    pretrained = pretrained_encoder(cfg, run_dir, record)
     pl.seed_everything(cfg.seed, workers=True)  # after a stage, as before it: the same fresh head
     cfg = match_parameters(cfg)  # the run config: knobs turned, params.* filled, encoder resolved
     if rank_zero_only.rank == 0:

@@ -46,7 +46,9 @@ LAUNCHERS = {"local": [], "slurm": ["hydra/launcher=slurm"]}
 SCRATCH = "none"
 # the run folder's name, as lra.train names the run (conf/config.yaml run_name, lra.pretrain_tag)
 # (quoted for Hydra's override grammar)
-SUBDIR = "'${task.name}-${model.name}${lra.pretrain_tag:${pretrain.objective}}-s${seed}'"
+SUBDIR = (
+    "'${task.name}-${model.name}${lra.pretrain_tag:${pretrain.objective},${pretrained}}-s${seed}'"
+)
 
 
 def run_dir(out: Path, task: str, model: str, seed: int, pretrain: str = SCRATCH) -> Path:
@@ -55,8 +57,11 @@ def run_dir(out: Path, task: str, model: str, seed: int, pretrain: str = SCRATCH
 
 def pretrainable(model: str) -> bool:
     """Can `model` be self-pretrained: is it the shared encoder (not a whole network)?"""
-    cfg = OmegaConf.load(CONF_DIR / "model" / f"{model}.yaml")
-    return cfg.get("architecture", "encoder") == "encoder"
+    path = CONF_DIR / "model" / f"{model}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
+        raise SystemExit(f"error: --models {model}: no {path}; models: {known}")
+    return OmegaConf.load(path).get("architecture", "encoder") == "encoder"
 
 
 def finished(path: Path) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from test_cluster import saved_step, slurm_job  # noqa: F401 (a fixture)
 from test_scale import metric_rows
 from wandb_records import read_offline_run
 
+import lra.module
 import lra.pretraining
 import lra.train
 from lra.data.base import LRADataModule
@@ -266,7 +268,7 @@ def assert_like_uninterrupted(runs: Runs, resumed: dict) -> None:
     assert logged["run"] == logged["straight"], "every step's masked-token loss, logged once"
 
 
-def test_pretrain_mlm_runs_both_stages_as_one_job_and_a_rerun_skips_them(runs: Runs) -> None:
+def test_pretrain_mlm_runs_both_stages_as_one_job(runs: Runs) -> None:
     r = runs.train("model=igloo", "pretrain=mlm", "pretrain.steps=3")
     run = runs.root / "run"
     stage = json.loads((run / "pretrain" / "results.json").read_text())
@@ -277,10 +279,95 @@ def test_pretrain_mlm_runs_both_stages_as_one_job_and_a_rerun_skips_them(runs: R
     assert r["run_name"] == "listops_small-igloo-mlm-s0"
     (wb,) = (run / "pretrain" / "wandb").glob("offline-run-*")
     assert read_offline_run(wb)["job_type"] == "pretrain"
-    before = (run / "pretrain" / ENCODER_FILE).stat().st_mtime_ns
-    again = runs.train("model=igloo", "pretrain=mlm", "pretrain.steps=3", "resume=true")
-    assert again["test_acc"] == r["test_acc"]
-    assert (run / "pretrain" / ENCODER_FILE).stat().st_mtime_ns == before, "not pretrained again"
+
+
+def test_a_both_stages_job_crashed_in_fine_tuning_resumes_without_pretraining_again(
+    runs: Runs, monkeypatch
+) -> None:
+    both = ["model=igloo", "pretrain=mlm", "pretrain.steps=3", "logger=csv"]
+    real = lra.module.LRAClassifier.training_step
+
+    def crash_at_3(self, batch, batch_idx):
+        if self.global_step == 3:
+            raise RuntimeError("the node went away")
+        return real(self, batch, batch_idx)
+
+    monkeypatch.setattr(lra.module.LRAClassifier, "training_step", crash_at_3)
+    with pytest.raises(RuntimeError, match="the node went away"):
+        runs.train(*both)
+    run = runs.root / "run"
+    failed = runs.results()
+    assert failed["status"] == "failed" and failed["pretrained"]["objective"] == "mlm"
+    stage = (
+        (run / "pretrain" / ENCODER_FILE).stat().st_mtime_ns,
+        (run / "pretrain" / "results.json").read_bytes(),
+    )
+    monkeypatch.undo()
+    other = [*both[:2], "pretrain.steps=5", *both[3:], "resume=true"]
+    with pytest.raises(ValueError, match="pretrain.steps: 3 there, 5 here"):
+        runs.train(*other)  # a finished stage is never taken for another pretraining
+    resumed = runs.train(*both, "resume=true")
+    assert resumed["resumed_from"] == str(run / "checkpoints" / "last.ckpt")
+    now = (
+        (run / "pretrain" / ENCODER_FILE).stat().st_mtime_ns,
+        (run / "pretrain" / "results.json").read_bytes(),
+    )
+    assert now == stage, "the finished pretraining is reused, not run again"
+    straight = runs.train(*both, run_dir="straight")
+    for key in ("steps", "val_loss", "test_acc", "test_loss"):
+        assert resumed[key] == straight[key], key
+
+
+def test_a_both_stages_job_signalled_in_its_pretraining_says_so_and_resumes_there(
+    runs: Runs,
+    slurm_job: Path,  # noqa: F811
+    monkeypatch,
+) -> None:
+    stop_pretraining_at(monkeypatch, 7, "sigterm")
+    with pytest.raises(SystemExit) as stopped:
+        runs.train(*KILL)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    r = runs.results()
+    assert r["status"] == "interrupted", "the stage's status, not a failure of the job"
+    assert r["reason"] == "pretraining stage: SLURM job 4242: SIGTERM; last.ckpt saved at step 8"
+    monkeypatch.undo()
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    resumed = runs.train(*KILL)
+    stage = json.loads((runs.root / "run" / "pretrain" / "results.json").read_text())
+    assert stage["resumed_from"] == str(
+        runs.root / "run" / "pretrain" / "checkpoints" / "last.ckpt"
+    )
+    assert resumed["status"] == "finished" and resumed["pretrained"]["steps"] == 12
+
+
+def test_resume_finds_a_both_stages_job_stopped_in_its_pretraining(tmp_path: Path) -> None:
+    from lra.config import run_dir
+
+    runs = tmp_path / "listops_small-igloo-mlm-s0"
+    older = runs / "2026-01-01_00-00-00" / "checkpoints" / "last.ckpt"
+    stopped = runs / "2026-01-02_00-00-00" / "pretrain" / "checkpoints" / "last.ckpt"
+    for p in (older, stopped):
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"x")
+    os.utime(older, (1, 1))
+    assert run_dir(str(runs), "new", True, None) == str(runs / "2026-01-02_00-00-00")
+    assert run_dir(str(runs), "new", False, None) == f"{runs}/new"
+
+
+def test_a_fine_tuning_from_a_given_encoder_is_a_run_of_its_own_name(runs: Runs) -> None:
+    pretrain(runs.config(*STEPS, run_dir="pre"))
+    cfg = runs.config(f"pretrained={runs.root / 'pre'}")
+    assert cfg.run_name == "listops_small-baseline-pretrained-s0", "never resumed as from scratch"
+    with pytest.raises(ValueError, match="the checkpoint's weights would replace it"):
+        runs.train(f"pretrained={runs.root / 'pre'}", "ckpt_path=/some/last.ckpt", run_dir="x")
+
+
+def test_the_tied_head_leaves_the_padding_row_as_it_was(runs: Runs) -> None:
+    pretrain(runs.config(*STEPS, "pretrain.head=tied", "task.encoder.dropout=0.1"))
+    weights = encoder_of(runs.root / "run")["embed.weight"]
+    assert torch.equal(weights[PAD_ID], torch.zeros_like(weights[PAD_ID]))
+    assert weights[1:].abs().sum() > 0
 
 
 def test_python_m_lra_pretrain_names_its_run_and_writes_the_encoder(cli: CLI) -> None:

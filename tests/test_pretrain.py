@@ -213,12 +213,17 @@ def stop_pretraining_at(monkeypatch, step: int, how: str) -> None:
         if self.global_step == step:
             if how == "crash":
                 raise RuntimeError("the node went away")
-            import os
-
             os.kill(os.getpid(), signal.SIGTERM)
         return real(self, batch, batch_idx)
 
     monkeypatch.setattr(MaskedPretraining, "training_step", step_and_stop)
+
+
+def requeued(monkeypatch) -> None:
+    """From here on this process is SLURM job 4242 started again: it resumes by itself."""
+    monkeypatch.undo()
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
 
 
 def test_a_pretraining_stopped_by_sigterm_resumes_to_the_uninterrupted_weights(
@@ -234,9 +239,7 @@ def test_a_pretraining_stopped_by_sigterm_resumes_to_the_uninterrupted_weights(
     assert saved_step(run) == 8 and not (run / ENCODER_FILE).exists()
     r = json.loads((run / "results.json").read_text())
     assert r["status"] == "interrupted" and r["job_type"] == "pretrain"
-    monkeypatch.undo()
-    monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # the requeued job: it resumes by itself
+    requeued(monkeypatch)
     resumed = pretrain(runs.config(*KILL))
     assert resumed["resumed_from"] == str(run / "checkpoints" / "last.ckpt")
     monkeypatch.delenv("SLURM_JOB_ID")
@@ -330,9 +333,7 @@ def test_a_both_stages_job_signalled_in_its_pretraining_says_so_and_resumes_ther
     r = runs.results()
     assert r["status"] == "interrupted", "the stage's status, not a failure of the job"
     assert r["reason"] == "pretraining stage: SLURM job 4242: SIGTERM; last.ckpt saved at step 8"
-    monkeypatch.undo()
-    monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    requeued(monkeypatch)
     resumed = runs.train(*KILL)
     stage = json.loads((runs.root / "run" / "pretrain" / "results.json").read_text())
     assert stage["resumed_from"] == str(

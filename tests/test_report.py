@@ -370,3 +370,14 @@ def test_self_pretrained_runs_are_their_own_cells_beside_from_scratch(tmp_path: 
     incomplete = md.split("## Incomplete runs")[1]
     assert "(1)" in incomplete and "listops / igloo+mlm / seed 3" in incomplete
     assert "pretrain-listops" not in incomplete, "a pretraining alone is not a run of the table"
+
+
+def test_an_encoder_pretrained_on_another_task_is_not_labelled_self_pretrained() -> None:
+    from lra.report import model_label, scratch_of
+
+    other = {"objective": "mlm", "task": "listops"}
+    assert model_label({"model": "igloo", "task": "text", "pretrained": other, "tested": "last"}) \
+        == "igloo+mlm@listops"  # fmt: skip
+    own = {"objective": "mlm", "task": "text"}
+    assert model_label({"model": "igloo", "task": "text", "pretrained": own}) == "igloo+mlm [best]"
+    assert scratch_of("igloo+mlm [best]") == ("igloo [best]", "mlm")

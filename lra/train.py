@@ -207,6 +207,10 @@ def fit_and_test(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.time() - t_fit
     val_best = module.val_acc_best.compute().item() if module.val_acc_best.update_called else None
+    if val_best is None and best.best_model_score is not None:
+        # resumed after its last validation (a SLURM signal in the final steps): no validation ran
+        # in this process, and the best val/acc is the one the restored checkpointer holds
+        val_best = float(best.best_model_score)
     val_loss = _float(trainer.callback_metrics.get("val/loss"))  # trainer.test replaces them
     data_source = datamodule.source()  # known once prepare_data has found or made the data
     for logger in loggers:

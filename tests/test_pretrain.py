@@ -219,6 +219,14 @@ def stop_pretraining_at(monkeypatch, step: int, how: str) -> None:
     monkeypatch.setattr(MaskedPretraining, "training_step", step_and_stop)
 
 
+def stopped_by_sigterm(monkeypatch, run) -> None:
+    """`run()` gets SIGTERM in pretraining step 7 and exits 143."""
+    stop_pretraining_at(monkeypatch, 7, "sigterm")
+    with pytest.raises(SystemExit) as stopped:
+        run()
+    assert stopped.value.code == 128 + signal.SIGTERM
+
+
 def requeued(monkeypatch) -> None:
     """From here on this process is SLURM job 4242 started again: it resumes by itself."""
     monkeypatch.undo()
@@ -231,10 +239,7 @@ def test_a_pretraining_stopped_by_sigterm_resumes_to_the_uninterrupted_weights(
     slurm_job: Path,  # noqa: F811
     monkeypatch,
 ) -> None:
-    stop_pretraining_at(monkeypatch, 7, "sigterm")
-    with pytest.raises(SystemExit) as stopped:
-        pretrain(runs.config(*KILL))
-    assert stopped.value.code == 128 + signal.SIGTERM
+    stopped_by_sigterm(monkeypatch, lambda: pretrain(runs.config(*KILL)))
     run = runs.root / "run"
     assert saved_step(run) == 8 and not (run / ENCODER_FILE).exists()
     r = json.loads((run / "results.json").read_text())
@@ -326,10 +331,7 @@ def test_a_both_stages_job_signalled_in_its_pretraining_says_so_and_resumes_ther
     slurm_job: Path,  # noqa: F811
     monkeypatch,
 ) -> None:
-    stop_pretraining_at(monkeypatch, 7, "sigterm")
-    with pytest.raises(SystemExit) as stopped:
-        runs.train(*KILL)
-    assert stopped.value.code == 128 + signal.SIGTERM
+    stopped_by_sigterm(monkeypatch, lambda: runs.train(*KILL))
     r = runs.results()
     assert r["status"] == "interrupted", "the stage's status, not a failure of the job"
     assert r["reason"] == "pretraining stage: SLURM job 4242: SIGTERM; last.ckpt saved at step 8"
